@@ -106,14 +106,15 @@ def load_mnist(
       DataError: a file is truncated, corrupt, has the wrong magic number, shape or checksum,
         or a download failed. No partial data is returned.
     """
+    md5 = {name: _md5_for(checksums, name) for name in MNIST_FILES.values()}  # fail early
     folder = mnist_dir(path, download=download)
     if download:
         base_url = base_url or os.environ.get(MNIST_URL_ENV) or DEFAULT_MNIST_URL
     arrays = {}
     for role, name in MNIST_FILES.items():
         file = _find_or_download(folder, name, download=download, base_url=base_url,
-                                 md5=_md5_for(checksums, name))
-        arrays[role] = read_idx(file, md5=_md5_for(checksums, name),
+                                 md5=md5[name])
+        arrays[role] = read_idx(file, md5=md5[name],
                                 ndim=3 if role.endswith("images") else 1)
         expected = (None, 28, 28) if role.endswith("images") else (None,)
         expect_shape(arrays[role], expected, source=file)
