@@ -167,7 +167,8 @@ def _find_or_download(folder: str, name: str, *, download: bool, base_url: str |
     if download:
         url = base_url.rstrip("/") + "/" + name + ".gz"
         return _download(url, tried[0], md5=md5)
+    note = "" if os.path.isdir(folder) else f" (the folder {folder!r} does not exist)"
     raise DataNotFoundError(
-        f"MNIST file {name!r} not found; tried {tried[0]!r} and {tried[1]!r}. "
+        f"MNIST file {name!r} not found; tried {tried[0]!r} and {tried[1]!r}{note}. "
         + _HOW_TO_GET_MNIST
     )

@@ -207,6 +207,8 @@ def test_missing_file_names_the_paths_tried(fake):
     assert str(folder / "t10k-labels-idx1-ubyte.gz") in message
     assert str(folder / "t10k-labels-idx1-ubyte") in message
     assert "PPL_MNIST_DIR" in message and "--mnist-dir" in message and "download" in message
+    with pytest.raises(data.DataNotFoundError, match="does not exist"):
+        data.load_mnist(folder / "nowhere", checksums=sums)
 
 
 def test_wrong_checksum(fake):
