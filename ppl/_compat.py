@@ -1,0 +1,67 @@
+"""Every call into JAX internals lives here (JAX 0.10.2).
+
+Keeping them in one module means one place to fix when JAX moves things.
+"""
+from __future__ import annotations
+
+import jax
+import jax.extend.core as jex
+from jax._src.interpreters import batching as _batching
+from jax.interpreters import ad as _ad
+from jax.interpreters import mlir as _mlir
+
+Primitive = jex.Primitive
+ClosedJaxpr = jex.ClosedJaxpr
+Jaxpr = jex.Jaxpr
+Literal = jex.Literal
+Var = jex.Var
+jaxprs_in_params = jex.jaxprs_in_params
+
+NotMapped = _batching.NotMapped
+not_mapped = None  # the "unbatched" marker batching rules receive on this version
+primitive_batchers = _batching.primitive_batchers
+moveaxis = _batching.moveaxis
+primitive_jvps = _ad.primitive_jvps
+register_lowering = _mlir.register_lowering
+
+# Names of the higher-order primitives the interpreters treat specially.
+CALL_PRIMITIVES = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint", "remat"})
+CUSTOM_DERIVATIVE_PRIMITIVES = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})
+
+
+def bind_params(eqn) -> dict:
+    """Parameters to re-bind an equation's primitive (on 0.10.2 this returns the dict alone)."""
+    out = eqn.primitive.get_bind_params(eqn.params)
+    if isinstance(out, tuple):  # older JAX returned (subfuns, params)
+        raise RuntimeError("unsupported JAX version: get_bind_params returned a pair; use JAX 0.10.x")
+    return out
+
+
+def bind_eqn(eqn, invals):
+    """Evaluate one equation on values of the current trace."""
+    out = eqn.primitive.bind(*invals, **bind_params(eqn))
+    return out if eqn.primitive.multiple_results else [out]
+
+
+def call_jaxpr_of(eqn):
+    """The inner ClosedJaxpr of a call-like equation (jit, closed_call, remat)."""
+    inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+    if isinstance(inner, ClosedJaxpr):
+        return inner
+    return ClosedJaxpr(inner, ())
+
+
+def is_literal(v) -> bool:
+    return isinstance(v, Literal)
+
+
+def make_jaxpr(fn, *args):
+    """Stage ``fn(*args)`` to a ClosedJaxpr; returns (closed_jaxpr, out_treedef)."""
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    return closed, jax.tree_util.tree_structure(out_shape)
+
+
+def float0_zeros(x):
+    import numpy as np
+
+    return np.zeros(jax.numpy.shape(x), dtype=jax.dtypes.float0)

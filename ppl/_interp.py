@@ -1,0 +1,185 @@
+"""One interpreter skeleton for every transformation.
+
+``run(closed_jaxpr, args, handler)`` evaluates a staged program equation by equation in the
+current JAX trace. Ordinary equations are re-bound as they are; random choices go to
+``handler.sample``; deterministic records to ``handler.deterministic``. Higher-order
+primitives get one rule each:
+
+- call-like (``jit``, ``closed_call``, ``remat``): inlined when they contain random choices;
+- ``scan``: ``handler.scan`` (threads the handler's state through ``lax.scan``);
+- ``cond``: ``handler.cond``;
+- ``while``, custom derivatives and anything else holding random choices: a named error.
+
+Equations whose sub-programs hold no random choice are re-bound untouched, so ``jit`` and
+``scan`` structure survives and compile time stays low.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from . import _compat
+from ._site import Site, det_p, fmt_address, sample_p
+
+__all__ = ["run", "Handler", "contains_sites", "site_addresses", "UnsupportedControlFlow"]
+
+
+class UnsupportedControlFlow(NotImplementedError):
+    """A random choice sits inside control flow that this transformation cannot handle."""
+
+
+# Names of primitives that hold random choices of their own (ADEV's nested expectations);
+# handlers receive them in ``Handler.other``.
+EXTRA_SITE_PRIMITIVE_NAMES: set = set()
+
+
+@functools.lru_cache(maxsize=4096)
+def _sites_of(jaxpr) -> tuple:
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive is sample_p:
+            found.append(eqn.params["addr"])
+        elif eqn.primitive.name in EXTRA_SITE_PRIMITIVE_NAMES:
+            found.append(("<expectation>",))
+        else:
+            for sub in _compat.jaxprs_in_params(eqn.params):
+                found.extend(_sites_of(sub))
+    return tuple(found)
+
+
+def _open(j):
+    return j.jaxpr if isinstance(j, _compat.ClosedJaxpr) else j
+
+
+def site_addresses(jaxpr) -> tuple:
+    """Addresses of the random choices in a (closed) jaxpr, nested ones included."""
+    return _sites_of(_open(jaxpr))
+
+
+def contains_sites(jaxpr) -> bool:
+    return bool(site_addresses(jaxpr))
+
+
+def describe(addrs) -> str:
+    names = sorted({fmt_address(a) for a in addrs})
+    shown = ", ".join(repr(n) for n in names[:6])
+    return shown + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+
+def _read(env, v):
+    return v.val if _compat.is_literal(v) else env[v]
+
+
+class Handler:
+    """What a transformation does at random choices. Subclasses override what they need."""
+
+    def sample(self, site: Site):
+        raise NotImplementedError
+
+    def deterministic(self, addr, value, batch):
+        return value
+
+    def other(self, eqn, invals):
+        """Equations of primitives listed in EXTRA_SITE_PRIMITIVE_NAMES."""
+        raise UnsupportedControlFlow(f"{eqn.primitive.name} is not supported by this interpreter")
+
+    def scan(self, eqn, invals):
+        raise UnsupportedControlFlow(
+            f"random choices {describe(site_addresses(eqn.params['jaxpr']))} inside lax.scan are "
+            "not supported by this interpreter.")
+
+    def cond(self, eqn, invals):
+        addrs = [a for b in eqn.params["branches"] for a in site_addresses(b)]
+        raise UnsupportedControlFlow(
+            f"random choices {describe(addrs)} inside lax.cond/lax.switch are not supported by this "
+            "interpreter. Workaround: sample unconditionally and select the value with jnp.where, "
+            "or make the choice's distribution depend on the condition.")
+
+
+def run(closed, args, handler: Handler):
+    """Evaluate ``closed`` (a ClosedJaxpr) on ``args`` with ``handler`` at random choices."""
+    return eval_jaxpr(closed.jaxpr, closed.consts, args, handler)
+
+
+def eval_jaxpr(jaxpr, consts, args, handler: Handler):
+    env = {}
+    for v, x in zip(jaxpr.constvars, consts):
+        env[v] = x
+    for v, x in zip(jaxpr.invars, args):
+        env[v] = x
+    for eqn in jaxpr.eqns:
+        invals = [_read(env, v) for v in eqn.invars]
+        outvals = eval_eqn(eqn, invals, handler)
+        for v, x in zip(eqn.outvars, outvals):
+            env[v] = x
+    return [_read(env, v) for v in jaxpr.outvars]
+
+
+def eval_eqn(eqn, invals, handler: Handler):
+    """Evaluate one equation (used by ``eval_jaxpr`` and by ADEV's interpreter)."""
+    prim = eqn.primitive
+    if prim is sample_p:
+        return [handler.sample(Site.from_eqn_values(eqn.params, invals))]
+    if prim is det_p:
+        return [handler.deterministic(eqn.params["addr"], invals[0], eqn.params["batch"])]
+    name = prim.name
+    if name in EXTRA_SITE_PRIMITIVE_NAMES:
+        return handler.other(eqn, invals)
+    subs = list(_compat.jaxprs_in_params(eqn.params))
+    if not subs or not any(contains_sites(s) for s in subs):
+        return _compat.bind_eqn(eqn, invals)
+    if name in _compat.CALL_PRIMITIVES:
+        return run(_compat.call_jaxpr_of(eqn), invals, handler)
+    if name == "scan":
+        return handler.scan(eqn, invals)
+    if name == "cond":
+        return handler.cond(eqn, invals)
+    addrs = [a for s in subs for a in site_addresses(s)]
+    if name == "while":
+        raise UnsupportedControlFlow(
+            f"random choices {describe(addrs)} inside lax.while_loop (or a fori_loop with traced "
+            "bounds): the number of random choices is not known when the program is staged. "
+            "Workaround: use lax.scan or lax.fori_loop with Python-int bounds (a fixed trip count), "
+            "masking the iterations you do not need.")
+    if name in _compat.CUSTOM_DERIVATIVE_PRIMITIVES:
+        raise UnsupportedControlFlow(
+            f"random choices {describe(addrs)} inside a function with a custom derivative "
+            "(jax.custom_jvp / jax.custom_vjp): its rule cannot see them. Move the random choices "
+            "out of the custom-derivative function and pass their values in.")
+    raise UnsupportedControlFlow(
+        f"random choices {describe(addrs)} inside the higher-order primitive {name!r}, which ppl's "
+        "interpreters do not support. Move the random choices out of it.")
+
+
+# ---------------------------------------------------------------------------------------
+# helpers shared by handlers that re-trace scan and cond bodies
+
+
+def scan_parts(eqn, invals):
+    p = eqn.params
+    nc, ncar = p["num_consts"], p["num_carry"]
+    return invals[:nc], invals[nc:nc + ncar], invals[nc + ncar:]
+
+
+def rescan(eqn, invals, body_handler_fn, extra_xs=None):
+    """Re-emit a scan whose body runs under a fresh handler per iteration.
+
+    ``body_handler_fn(extra_x) -> handler`` builds the body's handler from this iteration's
+    slice of ``extra_xs``; the handler's ``scan_outputs()`` are stacked and returned with the
+    scan's own outputs: ``(outs, stacked_handler_outputs)``.
+    """
+    p = eqn.params
+    consts, init, xs = scan_parts(eqn, invals)
+    body = p["jaxpr"]
+    ncar = p["num_carry"]
+
+    def step(carry, x):
+        orig, extra = x
+        h = body_handler_fn(extra)
+        outs = run(body, list(consts) + list(carry) + list(orig), h)
+        return outs[:ncar], (outs[ncar:], h.scan_outputs())
+
+    carry, (ys, hout) = jax.lax.scan(step, list(init), (list(xs), extra_xs), length=p["length"],
+                                     reverse=p["reverse"], unroll=p["unroll"])
+    return list(carry) + list(ys), hout

@@ -1,0 +1,304 @@
+"""One small adapter protocol over NumPyro and TFP-on-JAX distributions.
+
+Every site holds its distribution as pytree leaves plus a treedef (both NumPyro and TFP
+distributions are pytrees), so the distribution's parameters are ordinary operands of the
+site that transformations can see, batch and differentiate. Interpreters and estimators
+never call a library directly; they go through :class:`Dist`:
+
+- ``sample(key)``: a draw, with no gradient to the parameters;
+- ``rsample(key)``: a reparameterized draw (gradients flow to the parameters), when
+  ``has_rsample`` (implicit reparameterization included: Gamma, Beta, Dirichlet);
+- ``log_prob(value)``: the log density, with the batch shape;
+- ``enumerate()``: every value of a finite support (joint over batch elements), or an error;
+- ``family`` / ``canonical()``: the family name and its canonical parameters, for
+  estimators that need them (measure-valued derivatives, ARM).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as nd
+
+try:  # TFP is optional: the adapter works without it.
+    from tensorflow_probability.substrates import jax as _tfp
+
+    _tfd = _tfp.distributions
+except Exception:  # pragma: no cover - exercised only where TFP is not installed
+    _tfd = None
+
+__all__ = ["Dist", "as_dist", "is_distribution", "EnumerationError"]
+
+#: Largest joint support that enumeration will expand by default.
+MAX_ENUMERATION = 4096
+
+
+class EnumerationError(ValueError):
+    """The support of a site cannot be enumerated (infinite, traced, or too large)."""
+
+
+def is_distribution(d) -> bool:
+    if isinstance(d, nd.Distribution):
+        return True
+    return _tfd is not None and isinstance(d, _tfd.Distribution)
+
+
+def as_dist(d) -> "Dist":
+    """Wrap a NumPyro or TFP distribution in the adapter."""
+    if isinstance(d, Dist):
+        return d
+    if isinstance(d, nd.Distribution):
+        return NumPyroDist(d)
+    if _tfd is not None and isinstance(d, _tfd.Distribution):
+        return TFPDist(d)
+    raise TypeError(f"expected a NumPyro or TFP distribution, got {type(d).__name__}")
+
+
+# Families with canonical parameters, by class name of either library.
+_FAMILY = {
+    "Normal": "Normal",
+    "BernoulliLogits": "Bernoulli", "BernoulliProbs": "Bernoulli", "Bernoulli": "Bernoulli",
+    "CategoricalLogits": "Categorical", "CategoricalProbs": "Categorical", "Categorical": "Categorical",
+    "Poisson": "Poisson",
+    "GeometricLogits": "Geometric", "GeometricProbs": "Geometric", "Geometric": "Geometric",
+    "Exponential": "Exponential",
+    "Gamma": "Gamma", "Beta": "Beta", "Dirichlet": "Dirichlet",
+}
+
+
+class Dist:
+    """Adapter interface. Subclasses wrap one library's distribution object."""
+
+    base = None
+
+    @property
+    def name(self) -> str:
+        return type(self.base).__name__
+
+    @property
+    def family(self) -> str | None:
+        return _FAMILY.get(self.name)
+
+    # --- the protocol -------------------------------------------------------------
+    def sample(self, key):
+        return jax.lax.stop_gradient(self._draw(key))
+
+    def rsample(self, key):
+        if not self.has_rsample:
+            raise ValueError(f"{self.name} has no reparameterized sampler")
+        return self._draw(key)
+
+    def log_prob(self, value):
+        raise NotImplementedError
+
+    @property
+    def has_rsample(self) -> bool:
+        raise NotImplementedError
+
+    def support_values(self):
+        """Per-element support values, shape (K, *batch_shape), or None if not finite."""
+        raise NotImplementedError
+
+    def canonical(self) -> dict:
+        """Canonical parameters of the family (e.g. probs for Bernoulli), differentiable."""
+        raise NotImplementedError
+
+    @property
+    def event_shape(self):
+        return tuple(self.base.event_shape)
+
+    @property
+    def batch_shape(self):
+        return tuple(self.base.batch_shape)
+
+    def enumerate(self, max_size: int = MAX_ENUMERATION):
+        """All values of the joint support: an array of shape (N, *value_shape)."""
+        vals = self.support_values()
+        if vals is None:
+            raise EnumerationError(f"{self.name} has no finite support to enumerate")
+        k = vals.shape[0]
+        batch = self.batch_shape
+        n_elem = math.prod(batch)
+        if n_elem <= 1:
+            return vals.reshape((k,) + batch + self.event_shape)
+        size = k ** n_elem
+        if size > max_size:
+            raise EnumerationError(
+                f"{self.name} with batch shape {batch} has a joint support of {k}^{n_elem} = {size} "
+                f"values, more than the limit {max_size}")
+        flat = vals.reshape((k, n_elem) + self.event_shape)
+        idx = np.array(list(itertools.product(range(k), repeat=n_elem)), dtype=np.int32)  # (size, n)
+        out = flat[idx, np.arange(n_elem)[None, :]]
+        return out.reshape((size,) + batch + self.event_shape)
+
+
+class NumPyroDist(Dist):
+    def __init__(self, d):
+        self.base = d
+
+    def _draw(self, key):
+        return self.base.sample(key)
+
+    def rsample(self, key):
+        if not self.has_rsample:
+            raise ValueError(f"{self.name} has no reparameterized sampler")
+        return self.base.rsample(key)
+
+    @property
+    def has_rsample(self):
+        return bool(self.base.has_rsample)
+
+    def log_prob(self, value):
+        d = self.base
+        # NumPyro's BernoulliLogits has a wrong gradient at logits == 0 exactly; use log-sigmoid.
+        if isinstance(d, nd.BernoulliLogits):
+            v = jnp.asarray(value, d.logits.dtype)
+            return v * jax.nn.log_sigmoid(d.logits) + (1 - v) * jax.nn.log_sigmoid(-d.logits)
+        return d.log_prob(value)
+
+    def support_values(self):
+        d = self.base
+        if not d.has_enumerate_support:
+            return None
+        try:
+            return d.enumerate_support(expand=True)
+        except jax.errors.ConcretizationTypeError as e:
+            raise EnumerationError(
+                f"{self.name}'s support size depends on traced parameters; enumeration needs it "
+                "known at trace time (pass the bounds as Python numbers)") from e
+
+    def canonical(self):
+        d, fam = self.base, self.family
+        if fam == "Normal":
+            return {"loc": d.loc, "scale": d.scale}
+        if fam in ("Bernoulli", "Categorical", "Geometric"):
+            return {"probs": d.probs}
+        if fam in ("Poisson", "Exponential"):
+            return {"rate": d.rate}
+        if fam == "Gamma":
+            return {"concentration": d.concentration, "rate": d.rate}
+        raise ValueError(f"no canonical parameters for {self.name}")
+
+
+class TFPDist(Dist):
+    def __init__(self, d):
+        self.base = d
+
+    def _draw(self, key):
+        return self.base.sample(seed=key)
+
+    @property
+    def has_rsample(self):
+        return self.base.reparameterization_type == _tfd.FULLY_REPARAMETERIZED
+
+    def log_prob(self, value):
+        return self.base.log_prob(value)
+
+    def support_values(self):
+        d = self.base
+        batch = self.batch_shape
+        if isinstance(d, _tfd.Bernoulli):
+            vals = jnp.arange(2, dtype=d.dtype)
+        elif isinstance(d, _tfd.Categorical):
+            p = d.logits if d.logits is not None else d.probs
+            vals = jnp.arange(p.shape[-1], dtype=d.dtype)
+        else:
+            return None
+        return jnp.broadcast_to(vals.reshape((-1,) + (1,) * len(batch)), (vals.shape[0],) + batch)
+
+    def canonical(self):
+        d, fam = self.base, self.family
+        if fam == "Normal":
+            return {"loc": jnp.broadcast_to(d.loc, self.batch_shape),
+                    "scale": jnp.broadcast_to(d.scale, self.batch_shape)}
+        if fam in ("Bernoulli", "Categorical", "Geometric"):
+            return {"probs": d.probs_parameter()}
+        if fam in ("Poisson", "Exponential"):
+            return {"rate": d.rate_parameter() if hasattr(d, "rate_parameter") else d.rate}
+        if fam == "Gamma":
+            return {"concentration": d.concentration, "rate": d.rate}
+        raise ValueError(f"no canonical parameters for {self.name}")
+
+
+class BatchedDist(Dist):
+    """A site vectorized by ``jax.vmap``: independent copies along leading axes.
+
+    ``build(leaves)`` rebuilds the per-element distribution; ``batch`` is the stack of
+    ``(in_axes, size)`` pairs recorded by the site's batching rule, innermost first.
+    """
+
+    def __init__(self, build, leaves, batch):
+        self._build, self._leaves, self._batch = build, list(leaves), tuple(batch)
+        self.inner = build(self._leaves_unbatched())
+
+    def _leaves_unbatched(self):
+        out = []
+        for i, leaf in enumerate(self._leaves):
+            n = sum(1 for axes, _ in self._batch if axes[i] is not None)
+            out.append(leaf[(0,) * n] if n else leaf)
+        return out
+
+    @property
+    def base(self):
+        return self.inner.base
+
+    @property
+    def sizes(self):
+        return tuple(size for _, size in reversed(self._batch))
+
+    @property
+    def batch_shape(self):
+        return self.sizes + self.inner.batch_shape
+
+    @property
+    def event_shape(self):
+        return self.inner.event_shape
+
+    @property
+    def name(self):
+        return self.inner.name
+
+    @property
+    def has_rsample(self):
+        return self.inner.has_rsample
+
+    def _vmapped(self, fn, n_extra=0):
+        """vmap ``fn(leaves, *extra)`` over every batch level; extra args are batched at 0."""
+        f = fn
+        for axes, _ in self._batch:
+            f = jax.vmap(f, in_axes=(list(axes),) + (0,) * n_extra)
+        return f
+
+    def _keys(self, key):
+        ks = jax.random.split(key, math.prod(self.sizes))
+        return ks.reshape(self.sizes + ks.shape[1:])
+
+    def _draw(self, key):
+        return self._vmapped(lambda leaves, k: self._build(leaves)._draw(k), 1)(self._leaves, self._keys(key))
+
+    def rsample(self, key):
+        if not self.has_rsample:
+            raise ValueError(f"{self.name} has no reparameterized sampler")
+        return self._vmapped(lambda leaves, k: self._build(leaves).rsample(k), 1)(self._leaves, self._keys(key))
+
+    def log_prob(self, value):
+        return self._vmapped(lambda leaves, v: self._build(leaves).log_prob(v), 1)(self._leaves, value)
+
+    def support_values(self):
+        vals = self.inner.support_values()
+        if vals is None:
+            return None
+        k = vals.shape[0]
+        # Support values do not depend on batched parameters for the supported families.
+        return jnp.broadcast_to(vals.reshape((k,) + (1,) * len(self.sizes) + vals.shape[1:]),
+                                (k,) + self.batch_shape)
+
+    def canonical(self):
+        return self._vmapped(lambda leaves: self._build(leaves).canonical())(self._leaves)
+
+    @property
+    def family(self):
+        return self.inner.family

@@ -1,0 +1,331 @@
+"""Interpreters: each maps a program to a function.
+
+=================  =====================================================================
+simulate           ``simulate(p)(key, *args) -> Trace``: sample every choice.
+assess             ``assess(p)(choices, *args) -> (log_density, retval)``: no randomness.
+generate           ``generate(p)(key, constraints, *args) -> (Trace, log_weight)``:
+                   constrained choices take the given values; the weight is the log density
+                   of the constrained and observed choices (importance sampling with the
+                   program's own prior as proposal).
+importance         ``importance(model, proposal)(key, observations, *args)``: the proposal
+                   samples the latent choices; weight ``log p(x, y) - log q(x)``.
+replay             ``replay(p, trace)(key, *args) -> Trace``: reuse the trace's values where
+                   the program visits their addresses.
+condition          ``condition(p, choices) -> program``: the choices become observations.
+call               ``call(address, p, *args)``: run ``p`` inside another program with its
+                   addresses under ``address`` (hierarchical addresses).
+=================  =====================================================================
+
+All of them compose with ``jit``, ``vmap`` and ``grad`` (they are ordinary JAX functions once
+the program is staged). Random choices inside ``lax.scan`` get values stacked along the scan
+axis under one address; inside ``jax.vmap`` they gain the mapped axes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import _compat
+from ._interp import Handler, UnsupportedControlFlow, describe, rescan, run, site_addresses
+from ._site import Site, det_p, fmt_address, normalize_address, sample_p
+from .choicemap import ChoiceMap
+
+__all__ = ["Trace", "simulate", "assess", "generate", "importance", "replay", "condition", "call"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Trace:
+    """The record of one execution: choices, their total log density, the return value."""
+
+    choices: ChoiceMap
+    score: Any
+    retval: Any
+    deterministics: ChoiceMap
+
+
+def _stage(program, args):
+    flat, in_tree = jax.tree_util.tree_flatten(args)
+
+    def flat_program(*leaves):
+        return program(*jax.tree_util.tree_unflatten(in_tree, leaves))
+
+    closed, out_tree = _compat.make_jaxpr(flat_program, *flat)
+    return closed, flat, out_tree
+
+
+def _split(key):
+    k1, k2 = jax.random.split(key)
+    return k1, k2
+
+
+class _TraceHandler(Handler):
+    """Samples or constrains each choice and accumulates the trace."""
+
+    def __init__(self, key, constraints: dict, who: str):
+        self.key = key
+        self.constraints = constraints
+        self.who = who
+        self.choices: dict = {}
+        self.dets: dict = {}
+        self.score = jnp.zeros(())
+        self.weight = jnp.zeros(())
+        self.visited: set = set()
+
+    def _claim(self, addr):
+        if addr in self.choices or addr in self.dets:
+            raise ValueError(
+                f"address {fmt_address(addr)!r} is used twice in one execution of the program. "
+                "Give each random choice its own address (e.g. f'x_{i}' in a Python loop), call "
+                "sub-programs under distinct prefixes with ppl.call, or use jax.vmap / lax.scan, "
+                "which give one address to a whole array of choices.")
+
+    def sample(self, site: Site):
+        addr = site.addr
+        self._claim(addr)
+        d = site.dist()
+        if site.obs is not None:
+            lp = jnp.sum(d.log_prob(site.obs))
+            self.score = self.score + lp
+            self.weight = self.weight + lp
+            return site.obs
+        if addr in self.constraints:
+            value = site.check_value(self.constraints[addr], "constraint")
+            self.visited.add(addr)
+            lp = jnp.sum(d.log_prob(value))
+            self.weight = self.weight + lp
+        else:
+            if self.key is None:
+                raise KeyError(
+                    f"{self.who}: no value for address {fmt_address(addr)!r}, which the program "
+                    "samples. Supply every sampled address in the choice map, or use "
+                    "ppl.generate(program)(key, constraints, *args) to sample the missing ones.")
+            self.key, sub = _split(self.key)
+            value = d.sample(sub)
+            lp = jnp.sum(d.log_prob(value))
+        self.score = self.score + lp
+        self.choices[addr] = value
+        return value
+
+    def deterministic(self, addr, value, batch):
+        self._claim(addr)
+        self.dets[addr] = value
+        return value
+
+    def scan(self, eqn, invals):
+        length = eqn.params["length"]
+        body_addrs = set(site_addresses(eqn.params["jaxpr"]))
+        sliced = {a: v for a, v in self.constraints.items() if a in body_addrs}
+        for a, v in sliced.items():
+            shape = jnp.shape(v)
+            if not shape or shape[0] != length:
+                raise ValueError(
+                    f"{self.who}: the value for address {fmt_address(a)!r} (a random choice inside "
+                    f"lax.scan of length {length}) must have a leading axis of length {length}; "
+                    f"got shape {shape}.")
+        keys = None
+        if self.key is not None:
+            self.key, sub = _split(self.key)
+            keys = jax.random.split(sub, length)
+        outs, (choices, dets, score, weight) = rescan(
+            eqn, invals, lambda x: _TraceHandler(x[0], x[1], self.who), (keys, sliced))
+        for a, v in choices.items():
+            self._claim(a)
+            self.choices[a] = v
+        for a, v in dets.items():
+            self._claim(a)
+            self.dets[a] = v
+        self.visited |= set(sliced)
+        self.score = self.score + jnp.sum(score)
+        self.weight = self.weight + jnp.sum(weight)
+        return outs
+
+    def scan_outputs(self):
+        return self.choices, self.dets, self.score, self.weight
+
+    def unvisited(self):
+        return [a for a in self.constraints if a not in self.visited]
+
+
+def _check_all_visited(h: _TraceHandler):
+    missing = h.unvisited()
+    if missing:
+        raise KeyError(
+            f"{h.who}: the choice map has addresses the program never visits: "
+            f"{sorted(fmt_address(a) for a in missing)}. Remove them, or check the spelling and "
+            "the call prefixes (addresses of sub-programs are prefix/address).")
+
+
+def _constraints(choices, who):
+    if isinstance(choices, Trace):
+        choices = choices.choices
+    try:
+        cm = ChoiceMap.from_dict(choices)
+    except TypeError as e:
+        raise TypeError(f"{who}: {e}") from None
+    return dict(cm.items())
+
+
+def _finish(h, out, out_tree):
+    retval = jax.tree_util.tree_unflatten(out_tree, out)
+    return Trace(ChoiceMap(h.choices), h.score, retval, ChoiceMap(h.dets))
+
+
+def simulate(program):
+    """``simulate(program)(key, *args) -> Trace``: run the program, sampling every choice."""
+
+    def simulate_fn(key, *args):
+        closed, flat, out_tree = _stage(program, args)
+        h = _TraceHandler(key, {}, "simulate")
+        out = run(closed, flat, h)
+        return _finish(h, out, out_tree)
+
+    return simulate_fn
+
+
+def generate(program):
+    """``generate(program)(key, constraints, *args) -> (Trace, log_weight)``.
+
+    Choices at constrained addresses take the given values; the others are sampled from the
+    program. ``log_weight`` is the log density of the constrained and observed choices, so
+    ``exp(log_weight)`` is an importance weight with the program's prior as proposal.
+    """
+
+    def generate_fn(key, constraints, *args):
+        cons = _constraints(constraints, "generate")
+        closed, flat, out_tree = _stage(program, args)
+        h = _TraceHandler(key, cons, "generate")
+        out = run(closed, flat, h)
+        _check_all_visited(h)
+        return _finish(h, out, out_tree), h.weight
+
+    return generate_fn
+
+
+def importance(model, proposal=None):
+    """Importance sampling: ``importance(model, proposal)(key, observations, *args)``.
+
+    Returns ``(trace, log_weight)`` with ``log_weight = log p(x, y) - log q(x)``: ``x`` is
+    drawn by simulating ``proposal(*args)`` and ``y`` are the observations. Without a
+    proposal the model's own prior proposes (this is :func:`generate`).
+    """
+    if proposal is None:
+        return generate(model)
+
+    def importance_fn(key, observations, *args):
+        obs = _constraints(observations, "importance")
+        q = simulate(proposal)(key, *args)
+        both = dict(q.choices.items())
+        clash = set(both) & set(obs)
+        if clash:
+            raise KeyError(f"importance: addresses both proposed and observed: "
+                           f"{sorted(fmt_address(a) for a in clash)}")
+        both.update(obs)
+        log_p, retval = assess(model)(both, *args)
+        trace = Trace(ChoiceMap(both), log_p, retval, q.deterministics)
+        return trace, log_p - q.score
+
+    return importance_fn
+
+
+def assess(program):
+    """``assess(program)(choices, *args) -> (log_density, retval)``: no randomness consumed."""
+
+    def assess_fn(choices, *args):
+        cons = _constraints(choices, "assess")
+        closed, flat, out_tree = _stage(program, args)
+        h = _TraceHandler(None, cons, "assess")
+        out = run(closed, flat, h)
+        _check_all_visited(h)
+        return h.score, jax.tree_util.tree_unflatten(out_tree, out)
+
+    return assess_fn
+
+
+def replay(program, trace):
+    """``replay(program, trace)(key, *args) -> Trace``: reuse ``trace``'s values where visited."""
+
+    def replay_fn(key, *args):
+        cons = _constraints(trace, "replay")
+        closed, flat, out_tree = _stage(program, args)
+        h = _TraceHandler(key, cons, "replay")
+        out = run(closed, flat, h)
+        return _finish(h, out, out_tree)
+
+    return replay_fn
+
+
+# ---------------------------------------------------------------------------------------
+# program-to-program: re-emit the staged program with rewritten sites
+
+
+def rebind_site(site: Site, addr=None, obs=None):
+    """Bind ``sample_p`` again for ``site`` in the current trace (optionally rewritten)."""
+    observed = obs is not None or site.obs is not None
+    params = dict(addr=site.addr if addr is None else addr, treedef=site.treedef, shape=site.shape,
+                  dtype=site.dtype, observed=observed, batch=site.batch, estimator=site.estimator)
+    operands = list(site.leaves)
+    if observed:
+        operands.append(site.obs if obs is None else obs)
+    return sample_p.bind(*operands, **params)
+
+
+class Reemit(Handler):
+    """Re-emits random choices (rewritten by ``rewrite``) so the result is again a program."""
+
+    def __init__(self, prefix=(), constraints=None):
+        self.prefix = prefix
+        self.constraints = constraints or {}
+
+    def sample(self, site):
+        addr = self.prefix + site.addr
+        if site.addr in self.constraints:
+            value = site.check_value(self.constraints[site.addr], "condition value")
+            return rebind_site(site, addr=addr, obs=value)
+        return rebind_site(site, addr=addr)
+
+    def deterministic(self, addr, value, batch):
+        return det_p.bind(value, addr=self.prefix + addr, batch=batch)
+
+    def scan(self, eqn, invals):
+        body_addrs = set(site_addresses(eqn.params["jaxpr"]))
+        sliced = {a: v for a, v in self.constraints.items() if a in body_addrs}
+        outs, _ = rescan(eqn, invals, lambda c: Reemit(self.prefix, c), sliced)
+        return outs
+
+    def scan_outputs(self):
+        return ()
+
+    def cond(self, eqn, invals):
+        index, ops = invals[0], invals[1:]
+        branches = [lambda *o, b=b: run(b, list(o), self) for b in eqn.params["branches"]]
+        return jax.lax.switch(index, branches, *ops)
+
+
+def call(address, program, *args):
+    """Run ``program(*args)`` inside the current program with its addresses under ``address``."""
+    prefix = normalize_address(address)
+    closed, flat, out_tree = _stage(program, args)
+    out = run(closed, flat, Reemit(prefix=prefix))
+    return jax.tree_util.tree_unflatten(out_tree, out)
+
+
+def condition(program, choices):
+    """A program in which the given choices are observed (their values fixed and scored)."""
+    cons = _constraints(choices, "condition")
+
+    def conditioned(*args):
+        closed, flat, out_tree = _stage(program, args)
+        all_addrs = set(site_addresses(closed))
+        missing = [a for a in cons if a not in all_addrs]
+        if missing:
+            raise KeyError(
+                f"condition: the choice map has addresses the program never visits: "
+                f"{sorted(fmt_address(a) for a in missing)}. Remove them or check their spelling.")
+        out = run(closed, flat, Reemit(constraints=cons))
+        return jax.tree_util.tree_unflatten(out_tree, out)
+
+    return conditioned

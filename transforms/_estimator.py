@@ -1,0 +1,166 @@
+"""The estimator interface of ADEV, and its two primitive rules.
+
+An estimator decides how the derivative of ``E_{x ~ p_theta}[k(x)]`` is estimated at one
+random choice. ADEV calls ``estimator.jvp(key, site, kont)`` where
+
+- ``site`` is a :class:`DualSite`: the distribution's parameters as primal and tangent
+  values (``site.dist()``, ``site.jvp(fn)``);
+- ``kont(key, x, dx)`` is the rest of the program as a dual-valued function: it returns
+  ``(outputs, output_tangents)`` (lists of arrays) for the value ``x`` with tangent ``dx``.
+
+It returns ``(outputs, output_tangents)`` whose expectation (over ``key`` and the randomness
+of ``kont``) is ``(E[k], d/dt E[k])`` for an unbiased estimator. It may call ``kont`` zero,
+one or many times (prefer ``jax.vmap(kont)`` for many: one trace of the continuation).
+
+Estimators are frozen dataclasses registered as pytrees: array fields (baseline values) are
+leaves, so changing them does not recompile.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Estimator", "DualSite", "EstimatorError", "Reparam", "ScoreFunction",
+           "tree_axpy", "tree_scale", "instantiate"]
+
+
+class EstimatorError(ValueError):
+    """An estimator was chosen for a site it cannot handle."""
+
+
+def instantiate(primal, tangent):
+    """A concrete tangent for ``primal`` (``None`` means a symbolic zero)."""
+    if tangent is not None:
+        return tangent
+    dt = jnp.result_type(primal)
+    if jnp.issubdtype(dt, jnp.inexact):
+        return jnp.zeros(jnp.shape(primal), dt)
+    return np.zeros(jnp.shape(primal), jax.dtypes.float0)
+
+
+def tree_axpy(a, x, y):
+    """``a * x + y`` leaf-wise over lists of arrays (``a`` a scalar or array)."""
+    return [a * xi + yi for xi, yi in zip(x, y)]
+
+
+def tree_scale(a, x):
+    return [a * xi for xi in x]
+
+
+class DualSite:
+    """A random choice with dual (primal, tangent) distribution parameters."""
+
+    def __init__(self, site, tangents):
+        self.site = site
+        self.tangents = tuple(tangents)
+
+    @property
+    def addr(self):
+        return self.site.addr
+
+    @property
+    def name(self):
+        return self.site.name
+
+    @property
+    def has_tangent(self) -> bool:
+        return any(t is not None for t in self.tangents)
+
+    def dist(self):
+        """The distribution at the primal parameters."""
+        return self.site.dist()
+
+    def jvp(self, fn):
+        """``(fn(dist), d fn(dist))`` differentiating through the parameters' tangents.
+
+        ``fn`` maps the distribution adapter to a pytree of arrays. With no tangent on any
+        parameter, the tangent is ``None``.
+        """
+        if not self.has_tangent:
+            return fn(self.dist()), None
+        leaves = list(self.site.leaves)
+        tans = [instantiate(p, t) for p, t in zip(leaves, self.tangents)]
+        return jax.jvp(lambda ls: fn(self.site.build(ls)), (leaves,), (tans,))
+
+    def __repr__(self):
+        return f"DualSite({self.name!r}, {self.dist().name})"
+
+
+class Estimator:
+    """Base class. Subclasses are frozen dataclasses implementing ``jvp``."""
+
+    #: Whether the estimate's expectation is the exact derivative.
+    unbiased = True
+
+    def check(self, site: DualSite) -> None:
+        """Raise :class:`EstimatorError` naming ``site`` if this estimator cannot serve it."""
+
+    def jvp(self, key, site: DualSite, kont):
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+def estimator_dataclass(cls):
+    """Make ``cls`` a frozen dataclass and a pytree (fields marked static are metadata)."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    data, meta = [], []
+    for f in dataclasses.fields(cls):
+        (meta if f.metadata.get("static") else data).append(f.name)
+    return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
+
+
+def static(default=dataclasses.MISSING, **kw):
+    return dataclasses.field(default=default, metadata={"static": True}, **kw)
+
+
+@estimator_dataclass
+class Reparam(Estimator):
+    """Reparameterization (pathwise) gradient.
+
+    Identity: ``d/dt E_{p_t}[k(x)] = E_eps[ d/dt k(g_t(eps)) ]`` with ``x = g_t(eps)``;
+    implicit reparameterization (Gamma, Beta, Dirichlet) differentiates the sampler through
+    the CDF, which JAX/NumPyro/TFP do for us. One call of the continuation.
+
+    Preconditions: the distribution has a reparameterized sampler (``has_rsample``) and the
+    continuation is differentiable in ``x``. Variance: usually the lowest of the unbiased
+    estimators; it scales with the smoothness of ``k``.
+    """
+
+    def check(self, site):
+        d = site.dist()
+        if not d.has_rsample:
+            raise EstimatorError(
+                f"Reparam at site {site.name!r}: {d.name} has no reparameterized sampler (it is "
+                "discrete or not implemented). Use ScoreFunction(), Enum(), an MVD or ARM estimator.")
+
+    def jvp(self, key, site, kont):
+        k1, k2 = jax.random.split(key)
+        x, dx = site.jvp(lambda d: d.rsample(k1))
+        return kont(k2, x, dx)
+
+
+@estimator_dataclass
+class ScoreFunction(Estimator):
+    """Score-function (REINFORCE / likelihood-ratio) gradient.
+
+    Identity: ``d/dt E_{p_t}[k(x)] = E[ d/dt k(x) + k(x) d/dt log p_t(x) ]`` with ``x``
+    held fixed. One call of the continuation; works for any distribution with a density.
+
+    Variance: grows with ``Var[k]``; subtract a baseline (``ppl.estimators.Baseline``,
+    ``EMABaseline``, ``LeaveOneOut``) to reduce it.
+    """
+
+    def jvp(self, key, site, kont):
+        k1, k2 = jax.random.split(key)
+        d = site.dist()
+        x = d.sample(k1)
+        _, dlp = site.jvp(lambda dd: jnp.sum(dd.log_prob(x)))
+        out, dout = kont(k2, x, None)
+        if dlp is None:
+            return out, dout
+        return out, tree_axpy(dlp, out, dout)

@@ -1,0 +1,236 @@
+"""ADEV: forward-mode differentiation of expected values, in continuation-passing style.
+
+``adev_jvp(closed, key, primals, tangents, select)`` walks the staged objective equation by
+equation on dual numbers ``(primal, tangent)`` (``None`` is a symbolic zero tangent).
+Ordinary equations are differentiated with ``jax.jvp``. At a random choice the chosen
+estimator receives the site's dual parameters and the **continuation**: the rest of the
+program as a function of the sampled dual value. Reverse mode comes from JAX, which
+linearizes and transposes this forward rule (see ``expectation``): there is no second,
+hand-written reverse pass.
+
+Before the walk the objective is *flattened*: calls are inlined and every ``lax.scan`` that
+holds random choices is unrolled (its length is static), so each site's continuation is a
+straight line of equations. ``lax.cond``/``switch`` with random choices inside is kept: the
+branch chosen at run time continues into the rest of the program inside ``lax.switch``.
+``while_loop`` with random choices is refused with a named error.
+"""
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from ppl import _compat
+from ppl._interp import EXTRA_SITE_PRIMITIVE_NAMES, Handler, UnsupportedControlFlow, describe, run, scan_parts, site_addresses
+from ppl._site import Site, det_p, sample_p
+from ppl.interpreters import Reemit, rebind_site
+
+from ._estimator import DualSite, instantiate
+
+__all__ = ["adev_jvp", "flatten", "MAX_UNROLL"]
+
+#: Longest ``lax.scan`` holding random choices that ADEV unrolls.
+MAX_UNROLL = 512
+
+expect_p = _compat.Primitive("ppl_expectation")
+expect_p.multiple_results = True
+EXTRA_SITE_PRIMITIVE_NAMES.add(expect_p.name)
+
+
+class _Flatten(Reemit):
+    """Re-emit an objective with calls inlined and scans holding random choices unrolled."""
+
+    def __init__(self):
+        super().__init__()
+
+    def sample(self, site):
+        return rebind_site(site)
+
+    def deterministic(self, addr, value, batch):
+        return det_p.bind(value, addr=addr, batch=batch)
+
+    def other(self, eqn, invals):
+        return _compat.bind_eqn(eqn, invals)
+
+    def scan(self, eqn, invals):
+        p = eqn.params
+        length = p["length"]
+        if length > MAX_UNROLL:
+            raise UnsupportedControlFlow(
+                f"random choices {describe(site_addresses(p['jaxpr']))} inside lax.scan of length "
+                f"{length}: ADEV unrolls scans that hold random choices, up to "
+                f"ppl.transforms.adev.MAX_UNROLL = {MAX_UNROLL} iterations. Raise MAX_UNROLL, or "
+                "move the random choices out of the scan (sample them all at once with jax.vmap "
+                "before it and pass them in as xs).")
+        consts, carry, xs = scan_parts(eqn, invals)
+        ncar = p["num_carry"]
+        ys = [None] * length
+        order = range(length - 1, -1, -1) if p["reverse"] else range(length)
+        for t in order:
+            outs = run(p["jaxpr"], list(consts) + list(carry) + [x[t] for x in xs], self)
+            carry, ys[t] = outs[:ncar], outs[ncar:]
+        stacked = [jnp.stack([y[j] for y in ys]) for j in range(len(ys[0]))] if ys and ys[0] else []
+        return list(carry) + stacked
+
+
+def flatten(closed, args):
+    """The objective as a ClosedJaxpr with calls inlined and site-holding scans unrolled."""
+    return jax.make_jaxpr(lambda *a: run(closed, list(a), _Flatten()))(*args)
+
+
+def _is_float0(t):
+    return t is not None and getattr(t, "dtype", None) == jax.dtypes.float0
+
+
+class _Ctx:
+    def __init__(self, select):
+        self.select = select
+
+
+def _read(env, v):
+    if _compat.is_literal(v):
+        return v.val, None
+    return env[v]
+
+
+def _jvp_eqn(eqn, duals):
+    primals = [p for p, _ in duals]
+    if all(t is None for _, t in duals):
+        return [(o, None) for o in _compat.bind_eqn(eqn, primals)]
+    tans = [instantiate(p, t) for p, t in duals]
+    outs, out_t = jax.jvp(lambda *a: _compat.bind_eqn(eqn, a), primals, tans)
+    return [(o, None if _is_float0(t) or not jnp.issubdtype(jnp.result_type(o), jnp.inexact) else t)
+            for o, t in zip(outs, out_t)]
+
+
+def _eval(eqns, i, env, key, finish, ctx):
+    """Evaluate ``eqns[i:]`` then ``finish(env, key)``; returns the program's dual outputs."""
+    while i < len(eqns):
+        eqn = eqns[i]
+        duals = [_read(env, v) for v in eqn.invars]
+        prim = eqn.primitive
+        if prim is sample_p:
+            return _site(eqns, i, env, key, finish, ctx, duals)
+        if prim.name == "cond" and any(site_addresses(b) for b in eqn.params["branches"]):
+            return _cond(eqns, i, env, key, finish, ctx, duals)
+        if prim is expect_p:
+            key, sub = jax.random.split(key)
+            outs = _nested(eqn, sub, duals, ctx)
+        elif prim is det_p:
+            outs = duals
+        else:
+            outs = _jvp_eqn(eqn, duals)
+        for v, d in zip(eqn.outvars, outs):
+            env[v] = d
+        i += 1
+    return finish(env, key)
+
+
+def _site(eqns, i, env, key, finish, ctx, duals):
+    eqn = eqns[i]
+    site = Site.from_eqn_values(eqn.params, [p for p, _ in duals])
+    if site.obs is not None:  # an observation inside an objective is just its value
+        env = dict(env)
+        env[eqn.outvars[0]] = duals[-1]
+        return _eval(eqns, i + 1, env, key, finish, ctx)
+    tangents = [t for _, t in duals]
+    dsite = DualSite(site, tangents)
+    est = ctx.select(dsite)
+    outvar = eqn.outvars[0]
+
+    def kont(k, x, dx):
+        env2 = dict(env)
+        if dx is not None and not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+            dx = None
+        env2[outvar] = (x, dx)
+        return _eval(eqns, i + 1, env2, k, finish, ctx)
+
+    k_site, _ = jax.random.split(key)
+    return est.jvp(k_site, dsite, kont)
+
+
+def _cond(eqns, i, env, key, finish, ctx, duals):
+    eqn = eqns[i]
+    index = duals[0][0]
+    ops = duals[1:]
+
+    def branch(closed):
+        def run_branch():
+            benv = {}
+            for v, c in zip(closed.jaxpr.constvars, closed.consts):
+                benv[v] = (c, None)
+            for v, d in zip(closed.jaxpr.invars, ops):
+                benv[v] = d
+
+            def bfinish(benv2, k):
+                env2 = dict(env)
+                for ov, bv in zip(eqn.outvars, closed.jaxpr.outvars):
+                    env2[ov] = _read(benv2, bv)
+                return _eval(eqns, i + 1, env2, k, finish, ctx)
+
+            return _eval(closed.jaxpr.eqns, 0, benv, key, bfinish, ctx)
+
+        return run_branch
+
+    return jax.lax.switch(index, [branch(b) for b in eqn.params["branches"]])
+
+
+def _nested(eqn, key, duals, ctx):
+    closed = eqn.params["jaxpr"]
+    flat = flatten(closed, [p for p, _ in duals])
+    outs, touts = adev_jvp(flat, key, [p for p, _ in duals], [t for _, t in duals], eqn.params["select"])
+    return list(zip(outs, touts))
+
+
+def adev_jvp(flat_closed, key, primals, tangents, select):
+    """Dual outputs ``(outs, out_tangents)`` of a flattened objective (lists of arrays)."""
+    limit = sys.getrecursionlimit()
+    if limit < 20000:
+        sys.setrecursionlimit(20000)
+    env = {}
+    for v, c in zip(flat_closed.jaxpr.constvars, flat_closed.consts):
+        env[v] = (c, None)
+    for v, p, t in zip(flat_closed.jaxpr.invars, primals, tangents):
+        if _is_float0(t) or not jnp.issubdtype(jnp.result_type(p), jnp.inexact):
+            t = None
+        env[v] = (p, t)
+
+    def finish(env_, k):
+        outs = [_read(env_, v) for v in flat_closed.jaxpr.outvars]
+        return [p for p, _ in outs], [instantiate(p, t) for p, t in outs]
+
+    return _eval(flat_closed.jaxpr.eqns, 0, env, key, finish, _Ctx(select))
+
+
+class Sampler(Handler):
+    """Plain evaluation of an objective: every random choice is sampled (no trace kept)."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def sample(self, site):
+        if site.obs is not None:
+            return site.obs
+        self.key, sub = jax.random.split(self.key)
+        return site.dist().sample(sub)
+
+    def other(self, eqn, invals):  # nested expectation: one sample of its program
+        self.key, sub = jax.random.split(self.key)
+        return run(eqn.params["jaxpr"], invals, Sampler(sub))
+
+    def scan(self, eqn, invals):
+        from ppl._interp import rescan
+
+        self.key, sub = jax.random.split(self.key)
+        keys = jax.random.split(sub, eqn.params["length"])
+        outs, _ = rescan(eqn, invals, Sampler, keys)
+        return outs
+
+    def scan_outputs(self):
+        return ()
+
+    def cond(self, eqn, invals):
+        self.key, sub = jax.random.split(self.key)
+        branches = [lambda *o, b=b: run(b, list(o), Sampler(sub)) for b in eqn.params["branches"]]
+        return jax.lax.switch(invals[0], branches, *invals[1:])
