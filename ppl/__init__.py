@@ -10,12 +10,12 @@ from ._interp import UnsupportedControlFlow
 from ._site import deterministic, sample, set_validation
 from .choicemap import ChoiceMap
 from .distributions import Dist, EnumerationError, as_dist
-from .interpreters import Trace, assess, call, condition, generate, importance, replay, simulate
+from .interpreters import Trace, assess, call, condition, generate, harvest, importance, replay, simulate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "sample", "deterministic", "call", "set_validation",
-    "simulate", "assess", "generate", "importance", "replay", "condition",
+    "simulate", "assess", "generate", "importance", "replay", "condition", "harvest",
     "Trace", "ChoiceMap", "Dist", "as_dist", "EnumerationError", "UnsupportedControlFlow",
 ]

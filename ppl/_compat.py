@@ -65,3 +65,24 @@ def float0_zeros(x):
     import numpy as np
 
     return np.zeros(jax.numpy.shape(x), dtype=jax.dtypes.float0)
+
+
+def enclosing_vmap_markers():
+    """One batched marker operand per enclosing ``jax.vmap`` (innermost first).
+
+    A random choice whose distribution does not depend on the mapped axis must still be
+    drawn independently per element. JAX only calls a primitive's batching rule when an
+    operand is batched, so a site adds these markers (zeros batched at axis 0 of each
+    enclosing vmap) to its operands. Walks the current trace's parents.
+    """
+    import numpy as np
+    from jax._src import core
+    from jax._src.interpreters.batching import BatchTrace, BatchTracer
+
+    out = []
+    t = core.trace_ctx.trace
+    while t is not None:
+        if isinstance(t, BatchTrace):
+            out.append(BatchTracer(t, np.zeros((t.axis_data.size,), np.int8), 0))
+        t = getattr(t, "parent_trace", None)
+    return out

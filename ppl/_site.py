@@ -23,7 +23,7 @@ import numpy as np
 from . import _compat
 from .distributions import BatchedDist, as_dist, is_distribution
 
-__all__ = ["sample", "deterministic", "sample_p", "det_p", "Site", "normalize_address"]
+__all__ = ["sample", "deterministic", "sample_p", "det_p", "Site", "normalize_address", "bind_site"]
 
 sample_p = _compat.Primitive("ppl_sample")
 det_p = _compat.Primitive("ppl_deterministic")
@@ -83,8 +83,14 @@ def sample(address, distribution, *, obs=None, estimator=None):
                   observed=obs is not None, batch=(), estimator=estimator)
     if obs is not None:
         obs = _check_value(addr, obs, out.shape, out.dtype, "observed value")
-        return sample_p.bind(*leaves, obs, **params)
-    return sample_p.bind(*leaves, **params)
+    return bind_site(leaves, obs, params)
+
+
+def bind_site(leaves, obs, params):
+    """Bind ``sample_p``, adding one marker operand per enclosing ``jax.vmap``."""
+    markers = _compat.enclosing_vmap_markers()
+    operands = list(leaves) + ([] if obs is None else [obs]) + markers
+    return sample_p.bind(*operands, **dict(params, n_markers=len(markers)))
 
 
 def deterministic(address, value):
@@ -152,7 +158,7 @@ def _check_value(addr, value, shape, dtype, what="value"):
 # rules
 
 
-def _sample_abstract(*args, addr, treedef, shape, dtype, observed, batch, estimator):
+def _sample_abstract(*args, addr, treedef, shape, dtype, observed, batch, estimator, n_markers):
     sizes = tuple(size for _, size in reversed(batch))
     return jax.core.ShapedArray(sizes + tuple(shape), dtype)
 
@@ -181,7 +187,11 @@ def _batch_common(args, dims):
 
 def _sample_batch(args, dims, **params):
     size, args, axes = _batch_common(args, dims)
-    params = dict(params, batch=params["batch"] + ((axes, size),))
+    n_leaves = len(args) - params["observed"] - params["n_markers"]
+    if params["observed"] and axes[n_leaves] is None:  # an unbatched observation: broadcast it
+        obs = args[n_leaves]
+        args[n_leaves] = jnp.broadcast_to(obs, (size,) + tuple(jnp.shape(obs)))
+    params = dict(params, batch=params["batch"] + ((axes[:n_leaves], size),))
     return sample_p.bind(*args, **params), 0
 
 
@@ -230,10 +240,10 @@ class Site:
     @classmethod
     def from_eqn_values(cls, params, invals):
         observed = params["observed"]
-        leaves = tuple(invals[:-1] if observed else invals)
-        return cls(addr=params["addr"], treedef=params["treedef"], leaves=leaves,
+        n_leaves = len(invals) - observed - params["n_markers"]
+        return cls(addr=params["addr"], treedef=params["treedef"], leaves=tuple(invals[:n_leaves]),
                    shape=params["shape"], dtype=params["dtype"], batch=params["batch"],
-                   obs=invals[-1] if observed else None, estimator=params["estimator"])
+                   obs=invals[n_leaves] if observed else None, estimator=params["estimator"])
 
     @property
     def value_shape(self):

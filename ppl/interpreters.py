@@ -30,10 +30,10 @@ import jax.numpy as jnp
 
 from . import _compat
 from ._interp import Handler, UnsupportedControlFlow, describe, rescan, run, site_addresses
-from ._site import Site, det_p, fmt_address, normalize_address, sample_p
+from ._site import Site, bind_site, det_p, fmt_address, normalize_address
 from .choicemap import ChoiceMap
 
-__all__ = ["Trace", "simulate", "assess", "generate", "importance", "replay", "condition", "call"]
+__all__ = ["Trace", "simulate", "assess", "generate", "importance", "replay", "condition", "call", "harvest"]
 
 
 @jax.tree_util.register_dataclass
@@ -103,12 +103,18 @@ class _TraceHandler(Handler):
                     f"{self.who}: no value for address {fmt_address(addr)!r}, which the program "
                     "samples. Supply every sampled address in the choice map, or use "
                     "ppl.generate(program)(key, constraints, *args) to sample the missing ones.")
-            self.key, sub = _split(self.key)
-            value = d.sample(sub)
+            value = self._draw(site, d)
             lp = jnp.sum(d.log_prob(value))
         self.score = self.score + lp
         self.choices[addr] = value
         return value
+
+    def _draw(self, site, d):
+        self.key, sub = _split(self.key)
+        return d.sample(sub)
+
+    def _child(self, x):
+        return type(self)(x[0], x[1], self.who)
 
     def deterministic(self, addr, value, batch):
         self._claim(addr)
@@ -127,11 +133,11 @@ class _TraceHandler(Handler):
                     f"lax.scan of length {length}) must have a leading axis of length {length}; "
                     f"got shape {shape}.")
         keys = None
-        if self.key is not None:
+        if self.key is not None and self.key is not _HARVEST:
             self.key, sub = _split(self.key)
             keys = jax.random.split(sub, length)
         outs, (choices, dets, score, weight) = rescan(
-            eqn, invals, lambda x: _TraceHandler(x[0], x[1], self.who), (keys, sliced))
+            eqn, invals, self._child, (keys, sliced))
         for a, v in choices.items():
             self._claim(a)
             self.choices[a] = v
@@ -148,6 +154,43 @@ class _TraceHandler(Handler):
 
     def unvisited(self):
         return [a for a in self.constraints if a not in self.visited]
+
+
+_HARVEST = object()  # marks a harvesting handler (it draws by re-emitting the site)
+
+
+class _Harvest(_TraceHandler):
+    """Like simulate, but the random choices stay in the program (re-emitted for ADEV)."""
+
+    def __init__(self, key, constraints, who):
+        super().__init__(_HARVEST, constraints, who)
+
+    def _draw(self, site, d):
+        return rebind_site(site)
+
+    def _child(self, x):
+        return _Harvest(None, x[1], self.who)
+
+    def deterministic(self, addr, value, batch):
+        value = det_p.bind(value, addr=addr, batch=batch)
+        return super().deterministic(addr, value, batch)
+
+
+def harvest(program):
+    """``harvest(program)(*args) -> Trace`` inside another program or objective.
+
+    Runs ``program`` with its random choices left in place (so an enclosing interpreter,
+    e.g. ADEV, handles them) and returns its trace: the choices, the log density of the
+    choices at their values (differentiable in both), and the return value.
+    """
+
+    def harvest_fn(*args):
+        closed, flat, out_tree = _stage(program, args)
+        h = _Harvest(None, {}, "harvest")
+        out = run(closed, flat, h)
+        return _finish(h, out, out_tree)
+
+    return harvest_fn
 
 
 def _check_all_visited(h: _TraceHandler):
@@ -267,10 +310,7 @@ def rebind_site(site: Site, addr=None, obs=None):
     observed = obs is not None or site.obs is not None
     params = dict(addr=site.addr if addr is None else addr, treedef=site.treedef, shape=site.shape,
                   dtype=site.dtype, observed=observed, batch=site.batch, estimator=site.estimator)
-    operands = list(site.leaves)
-    if observed:
-        operands.append(site.obs if obs is None else obs)
-    return sample_p.bind(*operands, **params)
+    return bind_site(site.leaves, (site.obs if obs is None else obs) if observed else None, params)
 
 
 class Reemit(Handler):
