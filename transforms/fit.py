@@ -1,0 +1,204 @@
+"""Fitting: an objective and an optax optimizer become a kernel (``init``, ``step``) and a loop.
+
+``loss(key, params, batch) -> scalar`` is minimized; its ``jax.grad`` must be the gradient
+estimate you want (e.g. ``lambda k, p, b: -E.estimate(k, model_args(p, b), guide_args(p, b))``
+for an objective ``E = expectation(...)``). ``params`` is any pytree.
+
+- :func:`kernel` gives ``init(params) -> FitState`` and ``step(key, state, batch) ->
+  (state, info)``, pure functions in the BlackJAX style.
+- :func:`fit` runs jit-compiled chunks of steps under ``lax.scan``, draws minibatches,
+  shows a progress bar on a terminal (quiet otherwise), keeps the history of losses,
+  calls callbacks after each chunk, checkpoints atomically and resumes exactly: step ``t``
+  uses ``fold_in(key, t)`` for its randomness and its minibatch, so a resumed run repeats
+  the uninterrupted one bit for bit on the same machine.
+- A non-finite loss or gradient stops the run with :class:`NonFiniteError` naming the step
+  and the parameters whose gradient is not finite; the state it carries (and the checkpoint
+  written) is the last good one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import _checkpoint
+from ._checkpoint import CheckpointError
+
+__all__ = ["FitState", "Kernel", "kernel", "fit", "FitResult", "NonFiniteError", "CheckpointError",
+           "save_checkpoint", "load_checkpoint"]
+
+save_checkpoint = _checkpoint.save
+load_checkpoint = _checkpoint.load
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FitState:
+    params: Any
+    opt_state: Any
+    step: Any  # int32 scalar: the number of updates applied
+
+
+class Kernel(NamedTuple):
+    init: Callable
+    step: Callable
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or its gradient was not finite; ``.state`` is the last good state."""
+
+    def __init__(self, message, state):
+        super().__init__(message)
+        self.state = state
+
+
+def kernel(loss: Callable, optimizer: optax.GradientTransformation) -> Kernel:
+    """``init(params) -> FitState``; ``step(key, state, batch) -> (state, info)``.
+
+    ``info`` has ``loss``, ``grad_norm`` and ``finite``; a non-finite step leaves the state
+    unchanged (``finite`` is False), so callers can stop on it.
+    """
+
+    def init(params):
+        params = jax.tree_util.tree_map(jnp.asarray, params)
+        return FitState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+    def step(key, state, batch=None):
+        value, grads = jax.value_and_grad(loss, argnums=1)(key, state.params, batch)
+        leaves = jax.tree_util.tree_leaves(grads)
+        finite = jnp.isfinite(value) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in leaves]))
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new = FitState(params, opt_state, state.step + 1)
+        new = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, state)
+        return new, {"loss": value, "grad_norm": optax.global_norm(grads), "finite": finite}
+
+    return Kernel(init, step)
+
+
+@dataclasses.dataclass
+class FitResult:
+    params: Any
+    state: FitState
+    history: np.ndarray  # loss per step, from step 0 (restored from the checkpoint on resume)
+
+
+def _minibatch(data, batch_size, key, t):
+    """The minibatch of step ``t``: a slice of the permutation of epoch ``t // n_per_epoch``."""
+    if data is None:
+        return None
+    n = jax.tree_util.tree_leaves(data)[0].shape[0]
+    if batch_size is None or batch_size >= n:
+        return data
+    per_epoch = n // batch_size
+    epoch, j = t // per_epoch, t % per_epoch
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    idx = jax.lax.dynamic_slice_in_dim(perm, j * batch_size, batch_size)
+    return jax.tree_util.tree_map(lambda a: a[idx], data)
+
+
+def _check_data(data, batch_size):
+    leaves = jax.tree_util.tree_leaves(data)
+    if not leaves:
+        return
+    n = leaves[0].shape[0] if np.ndim(leaves[0]) else None
+    if n is None or any(np.shape(x)[:1] != (n,) for x in leaves):
+        raise ValueError("fit(data=...): every array in data needs the same leading (example) axis; "
+                         f"got shapes {[np.shape(x) for x in leaves]}")
+    if batch_size is not None and (batch_size < 1 or batch_size > n):
+        raise ValueError(f"fit(batch_size={batch_size}): must be between 1 and the number of examples {n}")
+
+
+def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, chunk=100,
+        checkpoint=None, resume=False, callbacks=(), progress=None) -> FitResult:
+    """Minimize ``loss`` for ``num_steps`` steps from ``params`` (see the module docstring).
+
+    ``checkpoint``: a file path (``.npz``); written atomically after every chunk.
+    ``resume=True`` continues from it when it exists. ``callbacks``: functions
+    ``cb(step, state, losses_of_chunk)`` called after each chunk.
+    """
+    if num_steps < 0 or chunk < 1:
+        raise ValueError(f"fit: num_steps must be >= 0 and chunk >= 1 (got {num_steps}, {chunk})")
+    _check_data(data, batch_size)
+    kern = kernel(loss, optimizer)
+    state = kern.init(params)
+    history = np.zeros((0,), np.float32)
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        state, history = _checkpoint.load(checkpoint, state)
+    step_key, data_key = jax.random.split(key)
+
+    @jax.jit
+    def run_chunk(state, data, t0, n):
+        def body(carry, i):
+            state, bad = carry
+            t = t0 + i
+            batch = _minibatch(data, batch_size, data_key, t)
+            new, info = kern.step(jax.random.fold_in(step_key, t), state, batch)
+            ok = info["finite"] & ~bad & (i < n)
+            state = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state)
+            return (state, bad | (~info["finite"] & (i < n))), (info["loss"], info["finite"])
+
+        (state, _), (losses, finite) = jax.lax.scan(body, (state, jnp.array(False)), jnp.arange(chunk))
+        return state, losses, finite
+
+    bar = _progress(progress, num_steps, int(state.step))
+    done = int(state.step)
+    try:
+        while done < num_steps:
+            n = min(chunk, num_steps - done)
+            new_state, losses, finite = run_chunk(state, data, jnp.int32(done), jnp.int32(n))
+            losses, finite = np.asarray(losses[:n]), np.asarray(finite[:n])
+            if not finite.all():
+                bad = int(np.argmin(finite))
+                state = new_state  # updates stopped at the first bad step: the last good state
+                history = np.concatenate([history, losses[:bad]])
+                if checkpoint is not None:
+                    _checkpoint.save(checkpoint, state, history)
+                names = _nonfinite_params(loss, step_key, data_key, state, data, batch_size, done + bad)
+                raise NonFiniteError(
+                    f"fit: the loss or its gradient is not finite at step {done + bad} (loss "
+                    f"{losses[bad]}); parameters with non-finite gradients: {names or 'none (the loss)'}. "
+                    "The state before that step is kept (error.state"
+                    + (f", and the checkpoint {checkpoint})" if checkpoint else ")")
+                    + ". Lower the learning rate, check the data, or bound scales with softplus.",
+                    state)
+            state = new_state
+            history = np.concatenate([history, losses])
+            done += n
+            if checkpoint is not None:
+                _checkpoint.save(checkpoint, state, history)
+            for cb in callbacks:
+                cb(done, state, losses)
+            if bar is not None:
+                bar.update(n)
+                bar.set_postfix(loss=f"{losses[-1]:.4g}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return FitResult(state.params, state, history)
+
+
+def _nonfinite_params(loss, step_key, data_key, state, data, batch_size, t):
+    """Key paths of the parameters whose gradient is not finite at step ``t``."""
+    batch = _minibatch(data, batch_size, data_key, t)
+    grads = jax.grad(loss, argnums=1)(jax.random.fold_in(step_key, t), state.params, batch)
+    flat, _ = jax.tree_util.tree_flatten_with_path(grads)
+    return [jax.tree_util.keystr(path) or "params" for path, g in flat if not np.all(np.isfinite(np.asarray(g)))]
+
+
+def _progress(progress, total, initial):
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the progress bar is optional
+        return None
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
