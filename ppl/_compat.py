@@ -75,14 +75,12 @@ def enclosing_vmap_markers():
     operand is batched, so a site adds these markers (zeros batched at axis 0 of each
     enclosing vmap) to its operands. Walks the current trace's parents.
     """
-    import numpy as np
     from jax._src import core
     from jax._src.interpreters.batching import BatchTrace, BatchTracer
 
     out = []
     t = core.trace_ctx.trace
-    while t is not None:
-        if isinstance(t, BatchTrace):
-            out.append(BatchTracer(t, np.zeros((t.axis_data.size,), np.int8), 0))
-        t = getattr(t, "parent_trace", None)
+    while isinstance(t, BatchTrace):  # only vmaps directly enclosing the site, not outer stagings
+        out.append(BatchTracer(t, jax.numpy.zeros((t.axis_data.size,), jax.numpy.int8), 0))
+        t = t.parent_trace
     return out
