@@ -1,0 +1,101 @@
+"""ADEV overhead: ELBO value-and-gradient of a reparameterized Gaussian guide, ppl vs
+hand-written JAX of the same computation; and enumeration cost vs K evaluations.
+
+Run: .venv/bin/python bench/bench_adev.py   (prints a table with ratios)
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as nd
+
+import ppl
+from ppl.transforms import expectation
+from ppl.transforms.vi import density, sim
+
+D, H, X = 10, 64, 50
+
+
+def init(key):
+    k = jax.random.split(key, 3)
+    return {"W": jax.random.normal(k[0], (D, X)) * 0.1, "enc": jax.random.normal(k[1], (X, 2 * D)) * 0.1}
+
+
+def model(p, x):
+    z = ppl.sample("z", nd.Normal(jnp.zeros((x.shape[0], D)), 1.0).to_event(1))
+    ppl.sample("x", nd.Normal(z @ p["W"], 1.0).to_event(1), obs=x)
+
+
+def guide(p, x):
+    h = x @ p["enc"]
+    ppl.sample("z", nd.Normal(h[:, :D], jax.nn.softplus(h[:, D:])).to_event(1))
+
+
+def ppl_elbo_once(p, x, key):
+    def obj(p):
+        q = sim(guide, p, x)
+        return density(model, q.choices, p, x) - q.score
+    return expectation(obj).estimate(key, p)
+
+
+def hand_elbo(p, x, key):
+    h = x @ p["enc"]
+    loc, scale = h[:, :D], jax.nn.softplus(h[:, D:])
+    eps = jax.random.normal(key, loc.shape)
+    z = loc + scale * eps
+    logq = jnp.sum(jax.scipy.stats.norm.logpdf(z, loc, scale))
+    logp = jnp.sum(jax.scipy.stats.norm.logpdf(z, 0.0, 1.0)) + jnp.sum(jax.scipy.stats.norm.logpdf(x, z @ p["W"], 1.0))
+    return logp - logq
+
+
+def timeit(f, *args, reps=50):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    compile_s = time.perf_counter() - t0
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        ts.append(time.perf_counter() - t0)
+    return compile_s, float(np.median(ts))
+
+
+def main():
+    key = jax.random.key(0)
+    p = init(key)
+    print(f"{'batch':>6} {'hand ms':>9} {'ppl ms':>9} {'ratio':>6} {'hand compile s':>15} {'ppl compile s':>14} {'ratio':>6}")
+    for b in (64, 128, 256, 512, 1024):
+        x = jax.random.normal(jax.random.key(b), (b, X))
+        hand = jax.jit(jax.value_and_grad(hand_elbo))
+        mine = jax.jit(jax.value_and_grad(ppl_elbo_once))
+        ch, th = timeit(hand, p, x, key)
+        cp, tp = timeit(mine, p, x, key)
+        print(f"{b:>6} {th*1e3:>9.3f} {tp*1e3:>9.3f} {tp/th:>6.2f} {ch:>15.3f} {cp:>14.3f} {cp/ch:>6.2f}")
+
+    # enumeration: cost of an Enum site over K values vs one evaluation of its continuation
+    try:
+        from ppl.estimators import Enum
+    except ImportError:
+        print("ppl.estimators.Enum not available; enumeration benchmark skipped")
+        return
+    xw = jax.random.normal(key, (256, 256))
+    print(f"\n{'K':>4} {'one eval ms':>12} {'enum ms':>9} {'enum / (K * one)':>17}")
+    for k in (2, 4, 8, 16):
+        def obj(t, k=k):
+            c = ppl.sample("c", nd.Categorical(logits=t))
+            return jnp.sum(jnp.tanh(xw @ (xw * c.astype(jnp.float32))))
+
+        def one(t):
+            c = jnp.argmax(t)
+            return jnp.sum(jnp.tanh(xw @ (xw * c.astype(jnp.float32))))
+
+        E = expectation(obj, estimators={"c": Enum()})
+        t = jnp.zeros(k)
+        _, t1 = timeit(jax.jit(jax.value_and_grad(one)), t, reps=20)
+        _, tk = timeit(jax.jit(lambda t: E.value_and_grad(key, t)), t, reps=20)
+        print(f"{k:>4} {t1*1e3:>12.3f} {tk*1e3:>9.3f} {tk/(k*t1):>17.2f}")
+
+
+if __name__ == "__main__":
+    main()
