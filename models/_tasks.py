@@ -1,0 +1,148 @@
+"""Tasks of the main command: a model, its guide, data, a loss, metrics and plots per model.
+
+Each ``vae(args, ds)`` / ``dvae(args, ds)`` / ``air(args, ds)`` returns a :class:`Task`; the
+command line (``ppl.cli``) only chooses and runs them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _plots
+from .data import binarize, binarize_static
+
+# Objectives whose value is a sum over the examples of a batched site (so the whole
+# minibatch can be one site); the others are per-example (IWAE, VIMCO) and are vmapped.
+BATCHABLE = ("elbo", "elbo-stl")
+
+
+def make_loss(E, model_args, guide_args, *, per_example: bool, binarized: bool):
+    """``loss(key, params, batch)``: minus the objective per example (binarizing dynamically)."""
+    def loss(key, params, batch):
+        k_bin, k_est = jax.random.split(key)
+        x = binarize(k_bin, batch) if binarized else batch
+        if not per_example:
+            return -E.estimate(k_est, model_args(params, x), guide_args(params, x)) / x.shape[0]
+
+        def one(k, xi):
+            xi = xi[None]
+            return E.estimate(k, model_args(params, xi), guide_args(params, xi))
+
+        return -jnp.mean(jax.vmap(one)(jax.random.split(k_est, x.shape[0]), x))
+    return loss
+
+
+@dataclasses.dataclass
+class Task:
+    data_name: str
+    model: Callable
+    guide: Callable
+    train: object
+    init: Callable
+    loss: Callable  # E -> loss(key, params, batch)
+    plan: Callable  # E -> Plan
+    metrics: Callable  # (key, params) -> dict
+    plots: Callable  # (out, params, history) -> list of paths
+
+
+def _plan_fn(model_args, guide_args, x, per_example):
+    def plan(E):
+        xb = x[:1] if per_example else x
+        return E.plan(model_args(None, xb), guide_args(None, xb))
+    return plan
+
+
+def vae(args, ds):
+    from . import vae as V
+
+    cfg = V.VAEConfig(data_dim=ds.num_features, latent_dim=args.latent or 10, hidden=(args.hidden or 200,))
+    params0 = V.init_params(jax.random.key(0), cfg)
+    per_ex = args.objective not in BATCHABLE
+    x_test = jnp.asarray(binarize_static(ds.x_test))
+    ma = lambda p, x: (V.model_args(p or params0, x))  # noqa: E731
+    ga = lambda p, x: (V.guide_args(p or params0, x))  # noqa: E731
+
+    def metrics(key, params):
+        k1, k2 = jax.random.split(key)
+        ll = V.log_likelihood(k2, params, x_test, args.eval_particles)
+        return {"test_elbo": float(V.elbo(k1, params, x_test)),
+                f"test_log_likelihood_K{args.eval_particles}": float(jnp.mean(ll))}
+
+    def plots(out, params, history):
+        k1, k2 = jax.random.split(jax.random.key(1))
+        xs = x_test[:10]
+        return [_plots.learning_curve(os.path.join(out, "learning_curve.png"), history),
+                _plots.image_grid(os.path.join(out, "reconstructions.png"), [xs, V.reconstruct(k1, params, xs)],
+                                  ds.image_shape, titles=["data", "reconstruction"]),
+                _plots.image_grid(os.path.join(out, "samples.png"), np.asarray(V.sample_images(k2, params, 30)).reshape(3, 10, -1),
+                                  ds.image_shape)]
+
+    return Task(ds.name, V.model, V.guide, jnp.asarray(ds.x_train),
+                lambda key: V.init_params(key, cfg, data_mean=ds.x_train.mean(0)),
+                lambda E: make_loss(E, V.model_args, V.guide_args, per_example=per_ex, binarized=True),
+                _plan_fn(ma, ga, x_test[:args.batch_size], per_ex), metrics, plots)
+
+
+def dvae(args, ds):
+    from . import dvae as D
+
+    cfg = D.DVAEConfig(data_dim=ds.num_features, latent_dim=args.latent or 8, hidden=(args.hidden or 64,))
+    params0 = D.init_params(jax.random.key(0), cfg)
+    x_test = jnp.asarray(binarize_static(ds.x_test))
+    ma = lambda p, x: D.model_args(p or params0, x)  # noqa: E731
+    ga = lambda p, x: D.guide_args(p or params0, x)  # noqa: E731
+
+    def metrics(key, params):
+        k1, k2 = jax.random.split(key)
+        return {"test_elbo": float(D.elbo(k1, params, x_test)),
+                "test_iwae_K100": float(jnp.mean(D.log_likelihood(k2, params, x_test, 100)))}
+
+    def plots(out, params, history):
+        k1, k2 = jax.random.split(jax.random.key(1))
+        xs = x_test[:10]
+        return [_plots.learning_curve(os.path.join(out, "learning_curve.png"), history),
+                _plots.image_grid(os.path.join(out, "reconstructions.png"), [xs, D.reconstruct(k1, params, xs)],
+                                  ds.image_shape, titles=["data", "reconstruction"]),
+                _plots.image_grid(os.path.join(out, "samples.png"), np.asarray(D.sample_images(k2, params, 30)).reshape(3, 10, -1),
+                                  ds.image_shape)]
+
+    return Task(ds.name, D.model, D.guide, jnp.asarray(ds.x_train),
+                lambda key: D.init_params(key, cfg, data_mean=ds.x_train.mean(0)),
+                lambda E: make_loss(E, D.model_args, D.guide_args, per_example=True, binarized=True),
+                _plan_fn(ma, ga, x_test[:1], True), metrics, plots)
+
+
+def air(args, ds):
+    from . import air as A
+
+    if ds.image_shape != (8, 8):
+        # MNIST digits are downsampled to the glimpse size so canvases stay small.
+        imgs = np.asarray(jax.image.resize(jnp.asarray(ds.images(ds.x_train[:5000])), (5000, 8, 8), "linear"))
+    else:
+        imgs = ds.images(ds.x_train)
+    cfg = A.AIRConfig(hidden=args.hidden or 64)
+    x_train, c_train = A.make_canvases(jax.random.key(11), imgs, 2000, cfg)
+    x_test, c_test = A.make_canvases(jax.random.key(12), imgs if ds.image_shape != (8, 8) else ds.images(ds.x_test), 300, cfg)
+    params0 = A.init_params(jax.random.key(0), cfg)
+    ma = lambda p, x: A.model_args(p or params0, x)  # noqa: E731
+    ga = lambda p, x: A.guide_args(p or params0, x)  # noqa: E731
+
+    def metrics(key, params):
+        k1, k2 = jax.random.split(key)
+        return {"test_elbo": float(A.elbo(k1, params, x_test)),
+                "count_accuracy": float(A.count_accuracy(k2, params, x_test, c_test))}
+
+    def plots(out, params, history):
+        xs = x_test[:8]
+        return [_plots.learning_curve(os.path.join(out, "learning_curve.png"), history),
+                A.plot_boxes(os.path.join(out, "boxes.png"), params, xs, c_test[:8], cfg)]
+
+    return Task(f"{ds.name} canvases ({cfg.canvas}x{cfg.canvas}, 0-{cfg.max_steps} digits)", A.model, A.guide,
+                x_train, lambda key: A.init_params(key, cfg),
+                lambda E: make_loss(E, A.model_args, A.guide_args, per_example=True, binarized=False),
+                _plan_fn(ma, ga, x_test[:1], True), metrics, plots)

@@ -1,0 +1,235 @@
+"""The main command: ``python -m ppl`` trains a deep generative model on digits or MNIST.
+
+Strings exist only here, at the command-line boundary: ``--estimator z=mvd`` is looked up
+in the explicit table :data:`ESTIMATORS` and becomes an estimator *object*; ``--objective``
+names a function of :mod:`ppl.transforms.objectives`. Every bad flag is reported before
+training starts (the objective is traced once with :meth:`Expectation.plan`), as one line
+on stderr with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+__all__ = ["main", "build_parser", "ESTIMATORS", "OBJECTIVES", "UsageError"]
+
+
+class UsageError(Exception):
+    """A bad flag or input: reported as one line, exit code 2, no traceback."""
+
+
+def _est(cls_name, **kw):
+    def make():
+        from ppl.models._estimators import EstimatorUnavailable, estimator
+
+        try:
+            return estimator(cls_name)(**kw)
+        except EstimatorUnavailable as e:
+            raise UsageError(str(e)) from None
+    return make
+
+
+def _baseline(inner_name):
+    def make():
+        return _est("Baseline", inner=_est(inner_name)(), value=0.0)()
+    return make
+
+
+#: ``--estimator ADDRESS=NAME``: name -> factory of an estimator object.
+ESTIMATORS = {
+    "reparam": _est("Reparam"),
+    "score": _est("ScoreFunction"),
+    "loo": _est("LeaveOneOut", num_samples=4),
+    "enum": _est("Enum"),
+    "mvd": _est("MVD"),
+    "arm": _est("ARM"),
+    "disarm": _est("DisARM"),
+    "gumbel": _est("GumbelSoftmax", temperature=0.5),
+    "straight-through": _est("StraightThrough", temperature=1.0),
+}
+
+#: ``--objective NAME``: (function name in ppl.transforms.objectives, takes --particles).
+OBJECTIVES = {"elbo": ("elbo", False), "elbo-stl": ("elbo_stl", False), "iwae": ("iwae", True),
+              "iwae-dreg": ("iwae_dreg", True), "iwae-stl": ("iwae_stl", True), "vimco": ("vimco", True)}
+
+MODELS = ("vae", "dvae", "air")
+_DEFAULT_STEPS = {"vae": 2000, "dvae": 1500, "air": 400}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m ppl",
+        description="Train a deep generative model (VAE, discrete VAE, AIR) with a chosen variational "
+                    "objective and per-site gradient estimators; prints the estimation plan and final "
+                    "metrics, writes plots, a JSON summary and checkpoints.",
+        epilog="estimators: " + ", ".join(ESTIMATORS) + ".  Sites: vae 'z'; dvae 'z'; air 'present', "
+               "'where', 'what' (or one step, e.g. 'present/0').  Example: python -m ppl --model dvae "
+               "--estimator z=disarm --steps 500.  Air presets: --air-hybrid (Enum at step 0, MVD after).")
+    p.add_argument("--model", default="vae", help="vae | dvae | air (default vae)")
+    p.add_argument("--objective", default="elbo", help=" | ".join(OBJECTIVES) + " (default elbo)")
+    p.add_argument("--particles", type=int, default=5, metavar="K", help="particles K for iwae*/vimco (default 5)")
+    p.add_argument("--estimator", action="append", default=[], metavar="ADDR=NAME",
+                   help="estimator of the random choices at ADDR (repeatable), e.g. z=reparam")
+    p.add_argument("--air-hybrid", action="store_true", help="AIR: Enum for step 0's presence, MVD for later steps")
+    p.add_argument("--data", default="digits", help="digits (bundled, default) | mnist")
+    p.add_argument("--mnist-dir", default=None, metavar="PATH", help="MNIST IDX folder (or env PPL_MNIST_DIR)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: vae 2000, dvae 1500, air 400)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--latent", type=int, default=None, help="latent size (vae 10, dvae 8; dvae Enum needs <= 12)")
+    p.add_argument("--hidden", type=int, default=None, help="hidden units per layer (default 200 vae, 64 dvae/air)")
+    p.add_argument("--eval-particles", type=int, default=1000, help="particles of the test log-likelihood (vae)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<model>)")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz if present")
+    p.add_argument("--chunk", type=int, default=100, help="steps per compiled chunk / checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _parse_address(text):
+    parts = tuple(int(s) if s.isdigit() else s for s in text.split("/"))
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _estimators(flags, model_name, hybrid):
+    mapping = {}
+    for f in flags:
+        addr, sep, name = f.partition("=")
+        if not sep or not addr or not name:
+            raise UsageError(f"--estimator {f!r}: expected ADDRESS=NAME, e.g. z=reparam")
+        if name not in ESTIMATORS:
+            raise UsageError(f"--estimator {f!r}: unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+        mapping[_parse_address(addr)] = ESTIMATORS[name]()
+    if hybrid:
+        if model_name != "air":
+            raise UsageError("--air-hybrid applies to --model air only")
+        from ppl.models import air
+
+        mapping = {**air.hybrid_estimators(), **mapping}
+    return mapping
+
+
+def _load_data(args):
+    from ppl.models import data
+
+    if args.data == "digits":
+        if args.mnist_dir:
+            raise UsageError("--mnist-dir given but --data is digits; add --data mnist")
+        return data.load("digits")
+    if args.data == "mnist":
+        try:
+            return data.load("mnist", path=args.mnist_dir)
+        except data.DataError as e:
+            raise UsageError(" ".join(str(e).split())) from None
+    raise UsageError(f"--data {args.data!r}: unknown data set; choose digits or mnist")
+
+
+def _check_numbers(args):
+    for name in ("particles", "batch_size", "eval_particles", "chunk"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("steps", "latent", "hidden"):
+        v = getattr(args, name)
+        if v is not None and v < (0 if name == "steps" else 1):
+            raise UsageError(f"--{name} must be {'>= 0' if name == 'steps' else '>= 1'}, got {v}")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+
+
+def _objective(args, model, guide, mapping):
+    from ppl.transforms import expectation
+    from ppl.transforms import objectives as O
+
+    fname, takes_k = OBJECTIVES[args.objective]
+    fn = getattr(O, fname)
+    try:
+        obj = fn(model, guide, args.particles) if takes_k else fn(model, guide)
+    except ValueError as e:
+        raise UsageError(f"--objective {args.objective}: {e}") from None
+    return expectation(obj, estimators=mapping or None)
+
+
+def setup(args):
+    """Validate every flag and build the task; raises :class:`UsageError` on bad input."""
+    if args.model not in MODELS:
+        raise UsageError(f"--model {args.model!r}: unknown model; choose one of {', '.join(MODELS)}")
+    if args.objective not in OBJECTIVES:
+        raise UsageError(f"--objective {args.objective!r}: unknown objective; choose one of {', '.join(OBJECTIVES)}")
+    _check_numbers(args)
+    mapping = _estimators(args.estimator, args.model, args.air_hybrid)
+    ds = _load_data(args)
+    if args.batch_size > ds.x_train.shape[0]:
+        raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.x_train.shape[0]} training examples")
+    from ppl.models import _tasks
+
+    task = getattr(_tasks, args.model)(args, ds)
+    E = _objective(args, task.model, task.guide, mapping)
+    try:
+        plan = task.plan(E)
+    except Exception as e:  # estimator errors surface here, at trace time
+        from ppl.transforms import EstimatorError
+
+        if isinstance(e, (EstimatorError, KeyError, TypeError, ValueError)):
+            raise UsageError(" ".join(str(e).strip("'\"").split())) from None
+        raise
+    return task, E, plan
+
+
+def run(args):
+    import jax
+    import numpy as np
+    import optax
+
+    from ppl.models import _plots
+    from ppl.transforms.fit import NonFiniteError, fit
+
+    task, E, plan = setup(args)
+    out = _plots.ensure_dir(args.out or os.path.join("runs", args.model))
+    steps = _DEFAULT_STEPS[args.model] if args.steps is None else args.steps
+    print(f"model {args.model} on {task.data_name}; objective {args.objective}"
+          + (f" (K={args.particles})" if OBJECTIVES[args.objective][1] else "") + f"; {steps} steps")
+    print(plan)
+    key = jax.random.key(args.seed)
+    k_init, k_fit, k_eval = jax.random.split(key, 3)
+    params = task.init(k_init)
+    ckpt = os.path.join(out, "checkpoint.npz")
+    t0 = time.time()
+    try:
+        res = fit(task.loss(E), optax.adam(args.lr), params, key=k_fit, num_steps=steps, data=task.train,
+                  batch_size=args.batch_size, chunk=min(args.chunk, max(steps, 1)), checkpoint=ckpt,
+                  resume=args.resume, progress=False if args.no_progress else None)
+    except NonFiniteError as e:
+        print(f"ppl: training stopped: {e}", file=sys.stderr)
+        return 1
+    train_s = time.time() - t0
+    metrics = task.metrics(k_eval, res.params)
+    plots = task.plots(out, res.params, res.history)
+    summary = {"model": args.model, "data": task.data_name, "objective": args.objective,
+               "particles": args.particles if OBJECTIVES[args.objective][1] else None,
+               "estimators": [{"address": r["address"], "estimator": r["estimator"], "unbiased": r["unbiased"]}
+                              for r in plan.rows],
+               "steps": steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+               "train_seconds": round(train_s, 2),
+               "final_loss_mean_last_100": float(np.mean(res.history[-100:])) if len(res.history) else None,
+               "metrics": metrics, "plots": plots, "checkpoint": ckpt}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    for k, v in metrics.items():
+        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    print(f"trained in {train_s:.1f}s; plots: {', '.join(plots)}")
+    print(f"summary: {os.path.join(out, 'summary.json')}; checkpoint: {ckpt}")
+    return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as e:
+        print(f"ppl: error: {e}", file=sys.stderr)
+        return 2
