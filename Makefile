@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) -m ppl $(DEMO_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -32,7 +32,7 @@ def mixed_model(y):
 
 
 def test_simulate_addresses_shapes_and_dtypes(key):
-    tr = ppl.simulate(mixed_model)(key, 1.0)
+    tr = jax.jit(ppl.simulate(mixed_model))(key, 1.0)
     assert set(tr.choices.addresses()) == {("mu",), ("s",), ("k",), ("g",), ("x",), ("z",), ("sub", "w")}
     assert tr.choices["x"].shape == (3,) and tr.choices["z"].shape == (4,)
     assert tr.choices["sub"]["w"].shape == ()
@@ -43,9 +43,10 @@ def test_simulate_addresses_shapes_and_dtypes(key):
 
 
 def test_score_equals_assess(key):
+    sim, assess = jax.jit(ppl.simulate(mixed_model)), jax.jit(ppl.assess(mixed_model))
     for k in jax.random.split(key, 3):
-        tr = ppl.simulate(mixed_model)(k, 0.3)
-        lp, ret = ppl.assess(mixed_model)(tr.choices, 0.3)
+        tr = sim(k, 0.3)
+        lp, ret = assess(tr.choices, 0.3)
         np.testing.assert_allclose(lp, tr.score, rtol=1e-5)
         np.testing.assert_allclose(ret, tr.retval, rtol=1e-5)
 
@@ -113,7 +114,7 @@ def test_importance_with_proposal_weight(key):
     log_joint = (nd.Beta(2.0, 3.0).log_prob(p) + nd.Bernoulli(probs=p).log_prob(y).sum())
     np.testing.assert_allclose(w, log_joint - nd.Beta(4.0, 2.0).log_prob(p), rtol=1e-5)
     # the average weight estimates the evidence (a loose, deterministic-seed check)
-    ws = jax.vmap(lambda k: ppl.importance(m.model, guide)(k, {}, y)[1])(jax.random.split(key, 4000))
+    ws = jax.jit(jax.vmap(lambda k: ppl.importance(m.model, guide)(k, {}, y)[1]))(jax.random.split(key, 4000))
     np.testing.assert_allclose(jax.scipy.special.logsumexp(ws) - jnp.log(4000.0), m.log_evidence(y), atol=0.05)
 
 
