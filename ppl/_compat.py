@@ -20,6 +20,8 @@ jaxprs_in_params = jex.jaxprs_in_params
 NotMapped = _batching.NotMapped
 not_mapped = None  # the "unbatched" marker batching rules receive on this version
 primitive_batchers = _batching.primitive_batchers
+# Batching rules called even when no operand is batched (they receive the axis data).
+fancy_primitive_batchers = _batching.fancy_primitive_batchers
 moveaxis = _batching.moveaxis
 primitive_jvps = _ad.primitive_jvps
 register_lowering = _mlir.register_lowering
@@ -66,21 +68,3 @@ def float0_zeros(x):
 
     return np.zeros(jax.numpy.shape(x), dtype=jax.dtypes.float0)
 
-
-def enclosing_vmap_markers():
-    """One batched marker operand per enclosing ``jax.vmap`` (innermost first).
-
-    A random choice whose distribution does not depend on the mapped axis must still be
-    drawn independently per element. JAX only calls a primitive's batching rule when an
-    operand is batched, so a site adds these markers (zeros batched at axis 0 of each
-    enclosing vmap) to its operands. Walks the current trace's parents.
-    """
-    from jax._src import core
-    from jax._src.interpreters.batching import BatchTrace, BatchTracer
-
-    out = []
-    t = core.trace_ctx.trace
-    while isinstance(t, BatchTrace):  # only vmaps directly enclosing the site, not outer stagings
-        out.append(BatchTracer(t, jax.numpy.zeros((t.axis_data.size,), jax.numpy.int8), 0))
-        t = t.parent_trace
-    return out

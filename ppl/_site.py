@@ -87,10 +87,9 @@ def sample(address, distribution, *, obs=None, estimator=None):
 
 
 def bind_site(leaves, obs, params):
-    """Bind ``sample_p``, adding one marker operand per enclosing ``jax.vmap``."""
-    markers = _compat.enclosing_vmap_markers()
-    operands = list(leaves) + ([] if obs is None else [obs]) + markers
-    return sample_p.bind(*operands, **dict(params, n_markers=len(markers)))
+    """Bind ``sample_p`` on the distribution's leaves (and the observation, if any)."""
+    operands = list(leaves) + ([] if obs is None else [obs])
+    return sample_p.bind(*operands, **params)
 
 
 def deterministic(address, value):
@@ -158,7 +157,7 @@ def _check_value(addr, value, shape, dtype, what="value"):
 # rules
 
 
-def _sample_abstract(*args, addr, treedef, shape, dtype, observed, batch, estimator, n_markers):
+def _sample_abstract(*args, addr, treedef, shape, dtype, observed, batch, estimator):
     sizes = tuple(size for _, size in reversed(batch))
     return jax.core.ShapedArray(sizes + tuple(shape), dtype)
 
@@ -178,16 +177,16 @@ def _sample_jvp(primals, tangents, *, addr, **_):
         "ppl.transforms.expectation(objective) for gradients of expected values.")
 
 
-def _batch_common(args, dims):
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not _compat.not_mapped)
-    args = [a if d is _compat.not_mapped else _compat.moveaxis(a, d, 0) for a, d in zip(args, dims)]
-    axes = tuple(None if d is _compat.not_mapped else 0 for d in dims)
-    return size, args, axes
+def _sample_batch(axis_data, args, dims, **params):
+    """vmap of a random choice: independent draws along the mapped axis, one address.
 
-
-def _sample_batch(args, dims, **params):
-    size, args, axes = _batch_common(args, dims)
-    n_leaves = len(args) - params["observed"] - params["n_markers"]
+    Registered as a "fancy" batching rule, which JAX calls even when no operand is batched:
+    a choice whose distribution does not depend on the mapped axis is still drawn per element.
+    """
+    size = axis_data.size
+    args = [a if d is None else _compat.moveaxis(a, d, 0) for a, d in zip(args, dims)]
+    axes = tuple(None if d is None else 0 for d in dims)
+    n_leaves = len(args) - params["observed"]
     if params["observed"] and axes[n_leaves] is None:  # an unbatched observation: broadcast it
         obs = args[n_leaves]
         args[n_leaves] = jnp.broadcast_to(obs, (size,) + tuple(jnp.shape(obs)))
@@ -200,7 +199,7 @@ for _p, _abs in ((sample_p, _sample_abstract),):
     _p.def_impl(_sample_impl)
     _compat.register_lowering(_p, _sample_lowering)
     _compat.primitive_jvps[_p] = _sample_jvp
-_compat.primitive_batchers[sample_p] = _sample_batch
+_compat.fancy_primitive_batchers[sample_p] = _sample_batch
 
 
 def _det_abstract(x, *, addr, batch):
@@ -240,7 +239,7 @@ class Site:
     @classmethod
     def from_eqn_values(cls, params, invals):
         observed = params["observed"]
-        n_leaves = len(invals) - observed - params["n_markers"]
+        n_leaves = len(invals) - observed
         return cls(addr=params["addr"], treedef=params["treedef"], leaves=tuple(invals[:n_leaves]),
                    shape=params["shape"], dtype=params["dtype"], batch=params["batch"],
                    obs=invals[n_leaves] if observed else None, estimator=params["estimator"])
