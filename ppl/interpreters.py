@@ -149,6 +149,61 @@ class _TraceHandler(Handler):
         self.weight = self.weight + jnp.sum(weight)
         return outs
 
+    def cond(self, eqn, invals):
+        """The branch taken runs; the trace has the union of the branches' addresses.
+
+        Addresses of the branches not taken hold zeros and add nothing to the score; an
+        address in several branches must have the same shape and dtype in each.
+        """
+        index, ops = invals[0], list(invals[1:])
+        sub = None
+        if self.key is not None and self.key is not _HARVEST:
+            self.key, sub = _split(self.key)
+
+        def make(b):
+            baddrs = set(site_addresses(b))
+            cons = {a: v for a, v in self.constraints.items() if a in baddrs}
+
+            def branch(*o):
+                h = self._child((sub, cons))
+                return run(b, list(o), h), h.scan_outputs()
+
+            return branch, cons
+
+        made = [make(b) for b in eqn.params["branches"]]
+        shapes = [jax.eval_shape(f, *ops)[1] for f, _ in made]
+        union: list = [{}, {}]
+        for sh in shapes:
+            for table, part in zip(union, sh[:2]):
+                for a, s in part.items():
+                    if a in table and (table[a].shape, table[a].dtype) != (s.shape, s.dtype):
+                        raise ValueError(
+                            f"{self.who}: address {fmt_address(a)!r} appears in several branches of a "
+                            f"lax.cond with different shapes/dtypes ({table[a]} vs {s}); give it one "
+                            "shape in every branch or use distinct addresses.")
+                    table[a] = s
+
+        def filled(f):
+            def g(*o):
+                outs, (choices, dets, score, weight) = f(*o)
+                full = [{a: part[a] if a in part else jnp.zeros(s.shape, s.dtype) for a, s in table.items()}
+                        for part, table in zip((choices, dets), union)]
+                return outs, (full[0], full[1], score, weight)
+            return g
+
+        outs, (choices, dets, score, weight) = jax.lax.switch(index, [filled(f) for f, _ in made], *ops)
+        for a, v in choices.items():
+            self._claim(a)
+            self.choices[a] = v
+        for a, v in dets.items():
+            self._claim(a)
+            self.dets[a] = v
+        for _, cons in made:
+            self.visited |= set(cons)
+        self.score = self.score + score
+        self.weight = self.weight + weight
+        return outs
+
     def scan_outputs(self):
         return self.choices, self.dets, self.score, self.weight
 

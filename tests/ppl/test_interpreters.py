@@ -245,3 +245,33 @@ def test_error_while_loop(key):
 
     with pytest.raises(ppl.UnsupportedControlFlow, match="'z' inside lax.while_loop.*lax.scan"):
         ppl.simulate(prog)(key)
+
+
+def cond_program(t):
+    b = ppl.sample("b", nd.Bernoulli(probs=0.3))
+    return jax.lax.cond(b == 1, lambda: ppl.sample("x", nd.Normal(t, 1.0)),
+                        lambda: ppl.sample("y", nd.Normal(-t, 2.0)))
+
+
+def test_cond_trace_union_and_score(key):
+    sim = jax.jit(ppl.simulate(cond_program))
+    seen = set()
+    for k in jax.random.split(key, 8):
+        tr = sim(k, 1.0)
+        b = int(tr.choices["b"])
+        seen.add(b)
+        taken = nd.Normal(1.0, 1.0).log_prob(tr.choices["x"]) if b else nd.Normal(-1.0, 2.0).log_prob(tr.choices["y"])
+        np.testing.assert_allclose(tr.score, jnp.log(0.3 if b else 0.7) + taken, rtol=1e-5)
+        assert float(tr.choices["y" if b else "x"]) == 0.0  # the branch not taken holds zeros
+        np.testing.assert_allclose(ppl.assess(cond_program)(tr.choices, 1.0)[0], tr.score, rtol=1e-5)
+    assert seen == {0, 1}
+
+
+def test_cond_branch_shape_mismatch_named(key):
+    def prog():
+        b = ppl.sample("b", nd.Bernoulli(probs=0.3))
+        return jax.lax.cond(b == 1, lambda: ppl.sample("x", nd.Normal(0.0, 1.0)),
+                            lambda: ppl.sample("x", nd.Normal(jnp.zeros(2), 1.0)).sum())
+
+    with pytest.raises(ValueError, match="address 'x' appears in several branches"):
+        ppl.simulate(prog)(key)
