@@ -16,10 +16,12 @@ branch chosen at run time continues into the rest of the program inside ``lax.sw
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ppl import _compat
 from ppl._interp import EXTRA_SITE_PRIMITIVE_NAMES, Handler, UnsupportedControlFlow, describe, run, scan_parts, site_addresses
@@ -28,7 +30,7 @@ from ppl.interpreters import Reemit, rebind_site
 
 from ._estimator import DualSite, instantiate
 
-__all__ = ["adev_jvp", "flatten", "MAX_UNROLL"]
+__all__ = ["adev_jvp", "flatten", "MAX_UNROLL", "debug_nonfinite"]
 
 #: Longest ``lax.scan`` holding random choices that ADEV unrolls.
 MAX_UNROLL = 512
@@ -138,8 +140,13 @@ def _site(eqns, i, env, key, finish, ctx, duals):
     dsite = DualSite(site, tangents)
     est = ctx.select(dsite)
     outvar = eqn.outvars[0]
+    if _DEBUG[0]:
+        _check_site(site, [("parameter", x) for x in site.leaves] + [("parameter tangent", t) for t in tangents])
 
     def kont(k, x, dx):
+        if _DEBUG[0]:
+            _check_site(site, [("value", x), ("value tangent", dx),
+                               ("log density", lambda: site.dist().log_prob(x))])
         env2 = dict(env)
         if dx is not None and not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
             dx = None
@@ -201,6 +208,38 @@ def adev_jvp(flat_closed, key, primals, tangents, select):
         return [p for p, _ in outs], [instantiate(p, t) for p, t in outs]
 
     return _eval(flat_closed.jaxpr.eqns, 0, env, key, finish, _Ctx(select))
+
+
+_DEBUG = [False]
+
+
+@contextlib.contextmanager
+def debug_nonfinite():
+    """Check every random choice for non-finite numbers while ADEV runs *eagerly*.
+
+    Inside this context, when the values are concrete (e.g. ``jax.jvp`` of an estimate run
+    outside ``jit``), ADEV checks each site's parameters, their tangents, the sampled value
+    and its log density, and raises ``FloatingPointError`` naming the first site where one is
+    not finite. ``fit(..., debug=True)`` uses it to name the site of a non-finite step.
+    """
+    old = _DEBUG[0]
+    _DEBUG[0] = True
+    try:
+        yield
+    finally:
+        _DEBUG[0] = old
+
+
+def _check_site(site, items):
+    for what, x in items:
+        if callable(x):
+            x = x()
+        if x is None or isinstance(x, jax.core.Tracer) or getattr(x, "dtype", None) == jax.dtypes.float0:
+            continue
+        arr = np.asarray(x)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise FloatingPointError(f"random choice {site.name!r} ({site.dist().name}): its {what} is "
+                                     f"not finite ({arr if arr.size <= 4 else arr.ravel()[:4]}...)")
 
 
 class Sampler(Handler):

@@ -116,12 +116,13 @@ def _check_data(data, batch_size):
 
 
 def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, chunk=100,
-        checkpoint=None, resume=False, callbacks=(), progress=None) -> FitResult:
+        checkpoint=None, resume=False, callbacks=(), progress=None, debug=False) -> FitResult:
     """Minimize ``loss`` for ``num_steps`` steps from ``params`` (see the module docstring).
 
     ``checkpoint``: a file path (``.npz``); written atomically after every chunk.
     ``resume=True`` continues from it when it exists. ``callbacks``: functions
-    ``cb(step, state, losses_of_chunk)`` called after each chunk.
+    ``cb(step, state, losses_of_chunk)`` called after each chunk. ``debug=True``: on a
+    non-finite step, re-run it eagerly with ADEV's site checks to name the random choice.
     """
     if num_steps < 0 or chunk < 1:
         raise ValueError(f"fit: num_steps must be >= 0 and chunk >= 1 (got {num_steps}, {chunk})")
@@ -161,9 +162,12 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
                 if checkpoint is not None:
                     _checkpoint.save(checkpoint, state, history)
                 names = _nonfinite_params(loss, step_key, data_key, state, data, batch_size, done + bad)
+                where = _nonfinite_site(loss, step_key, data_key, state, data, batch_size, done + bad) \
+                    if debug else "run with fit(..., debug=True) to name the random choice"
                 raise NonFiniteError(
                     f"fit: the loss or its gradient is not finite at step {done + bad} (loss "
-                    f"{losses[bad]}); parameters with non-finite gradients: {names or 'none (the loss)'}. "
+                    f"{losses[bad]}); parameters with non-finite gradients: {names or 'none (the loss)'}; "
+                    f"{where}. "
                     "The state before that step is kept (error.state"
                     + (f", and the checkpoint {checkpoint})" if checkpoint else ")")
                     + ". Lower the learning rate, check the data, or bound scales with softplus.",
@@ -190,6 +194,20 @@ def _nonfinite_params(loss, step_key, data_key, state, data, batch_size, t):
     grads = jax.grad(loss, argnums=1)(jax.random.fold_in(step_key, t), state.params, batch)
     flat, _ = jax.tree_util.tree_flatten_with_path(grads)
     return [jax.tree_util.keystr(path) or "params" for path, g in flat if not np.all(np.isfinite(np.asarray(g)))]
+
+
+def _nonfinite_site(loss, step_key, data_key, state, data, batch_size, t):
+    """Re-run step ``t`` eagerly in forward mode with ADEV's site checks; describe the site."""
+    from .adev import debug_nonfinite
+
+    batch = _minibatch(data, batch_size, data_key, t)
+    tangent = jax.tree_util.tree_map(jnp.ones_like, state.params)
+    try:
+        with debug_nonfinite():
+            jax.jvp(lambda p: loss(jax.random.fold_in(step_key, t), p, batch), (state.params,), (tangent,))
+    except FloatingPointError as e:
+        return f"first non-finite random choice: {e}"
+    return "no random choice had non-finite parameters, values or log densities"
 
 
 def _progress(progress, total, initial):

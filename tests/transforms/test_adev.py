@@ -247,3 +247,20 @@ def test_objective_outside_estimate_refused():
     E = expectation(lambda t: ppl.sample("x", nd.Normal(t, 1.0)))
     with pytest.raises(RuntimeError, match="outside an objective"):
         E(0.0)
+
+
+def test_debug_mode_names_the_nonfinite_site():
+    import optax
+
+    from ppl.transforms.fit import NonFiniteError, fit
+
+    def obj(p):
+        z = ppl.sample("z", nd.Normal(p["m"], 1.0))
+        w = ppl.sample("w", nd.Normal(jnp.log(p["m"] - 2.5), 1.0))  # NaN once m < 2.5
+        return -((z + 3.0) ** 2) + 0.0 * w
+
+    E = expectation(obj)
+    with pytest.raises(NonFiniteError, match="step 2 .*first non-finite random choice: random choice 'w'") as info:
+        fit(lambda k, p, b: -E.estimate(k, p), optax.sgd(0.01), {"m": 2.6}, key=jax.random.key(0),
+            num_steps=20, chunk=10, debug=True, progress=False)
+    assert int(info.value.state.step) == 2
