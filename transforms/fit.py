@@ -77,7 +77,7 @@ def kernel(loss: Callable, optimizer: optax.GradientTransformation) -> Kernel:
         params = optax.apply_updates(state.params, updates)
         new = FitState(params, opt_state, state.step + 1)
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, state)
-        return new, {"loss": value, "grad_norm": optax.global_norm(grads), "finite": finite}
+        return new, {"loss": value, "grad_norm": optax.tree.norm(grads), "finite": finite}
 
     return Kernel(init, step)
 
