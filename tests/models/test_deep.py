@@ -1,0 +1,191 @@
+"""Deep generative models (VAE, discrete VAE, AIR), the main command and the examples."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import ppl
+from ppl.models import data
+from ppl.transforms import expectation
+from ppl.transforms import objectives as O
+from ppl.transforms.fit import fit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits")
+
+
+def _run(args, tmp_path, timeout=600):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# --- VAE -----------------------------------------------------------------------------------------
+
+def test_vae_shapes_and_plan():
+    from ppl.models import vae
+
+    cfg = vae.VAEConfig(data_dim=64, latent_dim=3, hidden=(16,))
+    p = vae.init_params(jax.random.key(0), cfg)
+    x = jnp.ones((5, 64))
+    tr = ppl.simulate(vae.guide)(jax.random.key(1), p["phi"], x)
+    assert tr.choices["z"].shape == (5, 3) and np.isfinite(float(tr.score))
+    lp, logits = ppl.assess(vae.model)(tr.choices, p["theta"], x)
+    assert logits.shape == (5, 64) and np.isfinite(float(lp))
+    plan = expectation(O.elbo(vae.model, vae.guide)).plan((p["theta"], x), (p["phi"], x))
+    assert [r["estimator"] for r in plan.rows] == ["Reparam"] and plan.unbiased
+    ll = vae.log_likelihood(jax.random.key(2), p, x, num_particles=20, batch_size=2, particle_chunk=10)
+    assert ll.shape == (5,) and bool(jnp.all(jnp.isfinite(ll)))
+
+
+def test_vae_elbo_improves_on_digits(digits):
+    """300 Adam steps raise the test ELBO by at least 2 nats per image (about 4 in practice)."""
+    from ppl.models import vae
+
+    cfg = vae.VAEConfig(data_dim=64, latent_dim=8, hidden=(64,))
+    p0 = vae.init_params(jax.random.key(0), cfg, data_mean=digits.x_train.mean(0))
+    E = expectation(O.elbo(vae.model, vae.guide))
+
+    def loss(key, p, batch):
+        k1, k2 = jax.random.split(key)
+        xb = data.binarize(k1, batch)
+        return -E.estimate(k2, (p["theta"], xb), (p["phi"], xb)) / xb.shape[0]
+
+    res = fit(loss, optax.adam(3e-3), p0, key=jax.random.key(1), num_steps=300, data=jnp.asarray(digits.x_train),
+              batch_size=64, chunk=300, progress=False)
+    xt = jnp.asarray(data.binarize_static(digits.x_test))
+    before = float(vae.elbo(jax.random.key(2), p0, xt))
+    after = float(vae.elbo(jax.random.key(2), res.params, xt))
+    assert np.all(np.isfinite(res.history))
+    assert after > before + 2.0, (before, after)
+
+
+# --- discrete VAE --------------------------------------------------------------------------------
+
+def test_dvae_trains_with_three_estimators(digits):
+    from ppl.models import dvae
+    from ppl.models._estimators import available, estimator
+
+    cfg = dvae.DVAEConfig(data_dim=64, latent_dim=4, hidden=(16,))
+    p0 = dvae.init_params(jax.random.key(0), cfg, data_mean=digits.x_train.mean(0))
+    names = available(["DisARM", "LeaveOneOut", "MVD", "Enum", "ARM"])[:2]
+    ests = [None] + [{"z": estimator(n)()} for n in names]  # None: the default ScoreFunction
+    assert len(ests) == 3, "ppl.estimators provides fewer than two of DisARM, LeaveOneOut, MVD, Enum, ARM"
+    for est in ests:
+        E = expectation(O.elbo(dvae.model, dvae.guide), estimators=est)
+        res = fit(dvae.make_loss(E), optax.adam(1e-2), p0, key=jax.random.key(1), num_steps=20,
+                  data=jnp.asarray(digits.x_train[:256]), batch_size=8, chunk=20, progress=False)
+        assert np.all(np.isfinite(res.history)), est
+        assert np.isfinite(float(dvae.elbo(jax.random.key(2), res.params, jnp.asarray(digits.x_test[:32]).round())))
+
+
+def test_dvae_rejects_reparam_on_bernoulli_latents():
+    from ppl.models import dvae
+    from ppl.transforms import EstimatorError, Reparam
+
+    p = dvae.init_params(jax.random.key(0), dvae.DVAEConfig(data_dim=64, latent_dim=3, hidden=(8,)))
+    x = jnp.ones((1, 64))
+    E = expectation(O.elbo(dvae.model, dvae.guide), estimators={"z": Reparam()})
+    with pytest.raises(EstimatorError, match="'z'"):
+        E.plan((p["theta"], x), (p["phi"], x))
+
+
+# --- AIR -----------------------------------------------------------------------------------------
+
+def test_air_transformer_roundtrip_and_steps(digits):
+    from ppl.models import _tasks, air
+
+    cfg = air.AIRConfig(hidden=16)
+    g = jnp.asarray(digits.images(digits.x_train[:1])[0])
+    where = jnp.zeros(3)  # scale 0.5, centred: the glimpse fills the middle 8x8 pixels exactly
+    canvas = air.place(g, where, 16)
+    np.testing.assert_allclose(canvas[4:12, 4:12], g, atol=1e-5)
+    np.testing.assert_allclose(air.extract(canvas, where, 8), g, atol=1e-5)
+    x, counts = air.make_canvases(jax.random.key(0), digits.images(digits.x_train), 64, cfg)
+    assert x.shape == (64, 256) and set(np.asarray(counts).tolist()) <= {0, 1, 2, 3}
+    p0 = air.init_params(jax.random.key(1), cfg)
+    E = expectation(O.elbo(air.model, air.guide))
+    plan = E.plan((p0["theta"], x[:1]), (p0["phi"], x[:1]))
+    assert len(plan.rows) == 9
+    loss = _tasks.make_loss(E, air.model_args, air.guide_args, per_example=True, binarized=False)
+    res = fit(loss, optax.adam(1e-3), p0, key=jax.random.key(2), num_steps=3, data=x, batch_size=4, chunk=3,
+              progress=False)
+    assert np.all(np.isfinite(res.history))
+    assert 0.0 <= float(air.count_accuracy(jax.random.key(3), res.params, x, counts)) <= 1.0
+
+
+# --- the main command ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "gan"], "--model 'gan': unknown model; choose one of vae, dvae, air"),
+    (["--objective", "nope"], "--objective 'nope': unknown objective"),
+    (["--estimator", "z=magic"], "unknown estimator 'magic'"),
+    (["--estimator", "zz"], "expected ADDRESS=NAME"),
+    (["--model", "dvae", "--estimator", "z=reparam"], "Reparam at site 'z'"),
+    (["--estimator", "nowhere=reparam"], "no random choice"),
+    (["--objective", "vimco", "--particles", "1"], "vimco needs k >= 2"),
+    (["--data", "mnist", "--mnist-dir", "/nonexistent/mnist"], "MNIST file"),
+    (["--steps", "-1"], "--steps must be >= 0"),
+])
+def test_cli_bad_flags_in_process(argv, message, capsys, tmp_path):
+    from ppl import cli
+
+    assert cli.main(argv + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ppl: error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()  # nothing trained, nothing written
+
+
+def test_cli_bad_flag_subprocess(tmp_path):
+    r = _run(["-m", "ppl", "--model", "dvae", "--estimator", "z=reparam"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("ppl: error: Reparam at site 'z'") and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_cli_smoke_vae(tmp_path):
+    r = _run(["-m", "ppl", "--steps", "4", "--chunk", "2", "--eval-particles", "4", "--latent", "3",
+              "--hidden", "16", "--out", "run", "--no-progress"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Reparam" in r.stdout and "test_log_likelihood_K4" in r.stdout and "plots:" in r.stdout
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["model"] == "vae" and s["steps"] == 4
+    for f in ("learning_curve.png", "reconstructions.png", "samples.png", "checkpoint.npz"):
+        assert (tmp_path / "run" / f).stat().st_size > 0
+    r2 = _run(["-m", "ppl", "--steps", "6", "--chunk", "2", "--eval-particles", "4", "--latent", "3",
+               "--hidden", "16", "--out", "run", "--resume", "--no-progress"], tmp_path)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [
+    ["--model", "dvae", "--estimator", "z=disarm", "--latent", "4", "--hidden", "16"],
+    ["--model", "dvae", "--objective", "vimco", "--particles", "3", "--latent", "4", "--hidden", "16"],
+    ["--model", "air", "--air-hybrid", "--hidden", "16", "--batch-size", "4"],
+    ["--objective", "iwae", "--particles", "3", "--latent", "3", "--hidden", "16", "--eval-particles", "4"],
+])
+def test_cli_smoke_other_models(argv, tmp_path):
+    r = _run(["-m", "ppl", *argv, "--steps", "2", "--chunk", "2", "--out", "run", "--no-progress"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["vae_digits.py", "dvae_estimators.py", "air_digits.py", "flax_or_equinox_vae.py"])
+def test_examples_smoke(script, tmp_path):
+    r = _run([os.path.join(ROOT, "examples", script), "--steps", "2", "--out", str(tmp_path / "ex"), "--tiny"],
+             tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
