@@ -53,9 +53,21 @@ def tree_scale(a, x):
 class DualSite:
     """A random choice with dual (primal, tangent) distribution parameters."""
 
-    def __init__(self, site, tangents):
+    def __init__(self, site, tangents, rest_is_random=True):
         self.site = site
         self.tangents = tuple(tangents)
+        self.rest_is_random = rest_is_random
+
+    def split_key(self, key):
+        """``(key for this site's draws, key for the continuation)``.
+
+        When the rest of the program makes no random choice the continuation ignores its key,
+        so no split is needed (one fewer hash per site in the compiled program).
+        """
+        if self.rest_is_random:
+            k1, k2 = jax.random.split(key)
+            return k1, k2
+        return key, key
 
     @property
     def addr(self):
@@ -139,7 +151,7 @@ class Reparam(Estimator):
                 "discrete or not implemented). Use ScoreFunction(), Enum(), an MVD or ARM estimator.")
 
     def jvp(self, key, site, kont):
-        k1, k2 = jax.random.split(key)
+        k1, k2 = site.split_key(key)
         x, dx = site.jvp(lambda d: d.rsample(k1))
         return kont(k2, x, dx)
 
@@ -156,7 +168,7 @@ class ScoreFunction(Estimator):
     """
 
     def jvp(self, key, site, kont):
-        k1, k2 = jax.random.split(key)
+        k1, k2 = site.split_key(key)
         d = site.dist()
         x = d.sample(k1)
         _, dlp = site.jvp(lambda dd: jnp.sum(dd.log_prob(x)))

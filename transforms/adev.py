@@ -98,10 +98,17 @@ def _read(env, v):
 
 def _jvp_eqn(eqn, duals):
     primals = [p for p, _ in duals]
-    if all(t is None for _, t in duals):
+    live = [i for i, (_, t) in enumerate(duals) if t is not None]
+    if not live:
         return [(o, None) for o in _compat.bind_eqn(eqn, primals)]
-    tans = [instantiate(p, t) for p, t in duals]
-    outs, out_t = jax.jvp(lambda *a: _compat.bind_eqn(eqn, a), primals, tans)
+
+    def f(*xs):  # only operands with a tangent are differentiated: no zero tangents materialize
+        args = list(primals)
+        for i, x in zip(live, xs):
+            args[i] = x
+        return _compat.bind_eqn(eqn, args)
+
+    outs, out_t = jax.jvp(f, [primals[i] for i in live], [duals[i][1] for i in live])
     return [(o, None if _is_float0(t) or not jnp.issubdtype(jnp.result_type(o), jnp.inexact) else t)
             for o, t in zip(outs, out_t)]
 
@@ -137,7 +144,7 @@ def _site(eqns, i, env, key, finish, ctx, duals):
         env[eqn.outvars[0]] = duals[-1]
         return _eval(eqns, i + 1, env, key, finish, ctx)
     tangents = [t for _, t in duals]
-    dsite = DualSite(site, tangents)
+    dsite = DualSite(site, tangents, rest_is_random=_random_after(eqns, i + 1) or finish.random)
     est = ctx.select(dsite)
     outvar = eqn.outvars[0]
     if _DEBUG[0]:
@@ -153,8 +160,17 @@ def _site(eqns, i, env, key, finish, ctx, duals):
         env2[outvar] = (x, dx)
         return _eval(eqns, i + 1, env2, k, finish, ctx)
 
-    k_site, _ = jax.random.split(key)
-    return est.jvp(k_site, dsite, kont)
+    return est.jvp(key, dsite, kont)  # the estimator splits it between its draws and kont
+
+
+def _random_after(eqns, start):
+    """Whether ``eqns[start:]`` make random choices (then the continuation needs its own key)."""
+    for eqn in eqns[start:]:
+        if eqn.primitive is sample_p or eqn.primitive is expect_p:
+            return True
+        if any(site_addresses(s) for s in _compat.jaxprs_in_params(eqn.params)):
+            return True
+    return False
 
 
 def _cond(eqns, i, env, key, finish, ctx, duals):
@@ -175,6 +191,8 @@ def _cond(eqns, i, env, key, finish, ctx, duals):
                 for ov, bv in zip(eqn.outvars, closed.jaxpr.outvars):
                     env2[ov] = _read(benv2, bv)
                 return _eval(eqns, i + 1, env2, k, finish, ctx)
+
+            bfinish.random = _random_after(eqns, i + 1) or finish.random
 
             return _eval(closed.jaxpr.eqns, 0, benv, key, bfinish, ctx)
 
@@ -206,6 +224,8 @@ def adev_jvp(flat_closed, key, primals, tangents, select):
     def finish(env_, k):
         outs = [_read(env_, v) for v in flat_closed.jaxpr.outvars]
         return [p for p, _ in outs], [instantiate(p, t) for p, t in outs]
+
+    finish.random = False
 
     return _eval(flat_closed.jaxpr.eqns, 0, env, key, finish, _Ctx(select))
 
