@@ -26,7 +26,7 @@ Example::
   >>> x.shape
   (100, 64)
 
-The sharp edges are listed in ``models/README_data.md``.
+The sharp edges are listed in ``models/README.md`` (Data sets).
 """
 from __future__ import annotations
 
