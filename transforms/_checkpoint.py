@@ -63,7 +63,7 @@ def load(path, template):
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # the file closes on every path
             data = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise CheckpointError(

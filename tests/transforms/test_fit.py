@@ -175,7 +175,7 @@ def test_corrupted_or_truncated_checkpoint_is_refused_and_the_good_one_stays_usa
             load_checkpoint(str(tmp_path / f"{name}.npz"), template)
         with pytest.raises(CheckpointError, match=f"{name}.npz"):
             _short_run_resume(tmp_path / f"{name}.npz", key)
-    gc.collect()  # the file handle leaked on a truncated file (see the xfail below) is reported here
+    gc.collect()  # a file handle leaked on a truncated file would be reported here (warnings are errors)
     with pytest.raises(CheckpointError):  # zeroed bytes inside the archive: CRC or format error
         load_checkpoint(str(tmp_path / "flipped.npz"), template)
     # a temporary file left by a write killed mid-way is ignored; the good checkpoint still loads
@@ -189,9 +189,6 @@ def test_corrupted_or_truncated_checkpoint_is_refused_and_the_good_one_stays_usa
         load_checkpoint(str(tmp_path / "missing.npz"), template)
 
 
-@pytest.mark.xfail(strict=True, reason="transforms/_checkpoint.load leaks the open file of a truncated "
-                   "zip: np.load(path) raises BadZipFile inside NpzFile before the file is owned by a "
-                   "with-block (ResourceWarning); open the file with `with open(path, 'rb')` first")
 def test_loading_a_truncated_checkpoint_closes_the_file(tmp_path):
     np.savez(tmp_path / "a.npz", x=np.zeros(3))
     raw = (tmp_path / "a.npz").read_bytes()
