@@ -1,0 +1,59 @@
+"""Exact enumeration of a finite support."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from ppl.distributions import MAX_ENUMERATION, EnumerationError
+from ppl.transforms import Estimator, EstimatorError
+from ppl.transforms._estimator import estimator_dataclass, static
+
+from ._util import call_many, wsum
+
+__all__ = ["Enum"]
+
+
+@estimator_dataclass
+class Enum(Estimator):
+    """Exact enumeration: ``E = sum_v p_t(v) k(v)``, ``dE = sum_v [dp_t(v) k(v) + p_t(v) dk(v)]``.
+
+    ``v`` ranges over the joint support of every element of the site (``K^n`` values for
+    ``n`` elements with ``K`` values each); the continuation is called once per value, in one
+    vmapped trace, all with the same key (common random numbers downstream; unbiased for any
+    key choice). Preconditions: a finite support known at trace time (Bernoulli, Categorical,
+    DiscreteUniform / Binomial with Python-number bounds; NumPyro or TFP) of at most
+    ``max_size`` joint values. Variance: this site contributes none (zero variance when it
+    is the only random choice); the cost grows as ``K^n``.
+    """
+
+    max_size: int = static(default=MAX_ENUMERATION)
+
+    def check(self, site):
+        d = site.dist()
+        try:
+            vals = d.support_values()
+        except EnumerationError as e:
+            raise EstimatorError(f"Enum at site {site.name!r}: {e}.") from None
+        if vals is None:
+            raise EstimatorError(
+                f"Enum at site {site.name!r}: {d.name} has an infinite or continuous support, which "
+                "cannot be enumerated. Use ScoreFunction() with a Baseline, LeaveOneOut(), or MVD() "
+                "(Poisson, Geometric, Exponential, Normal) instead.")
+        size = vals.shape[0] ** math.prod(d.batch_shape)
+        if size > self.max_size:
+            raise EstimatorError(
+                f"Enum at site {site.name!r}: the joint support of {d.name} with batch shape "
+                f"{d.batch_shape} has {vals.shape[0]}^{math.prod(d.batch_shape)} = {size} values, "
+                f"more than max_size={self.max_size}. Raise Enum(max_size=...), split the site, or "
+                "use a sampling estimator (ScoreFunction, LeaveOneOut, MVD, ARM).")
+
+    def jvp(self, key, site, kont):
+        vals = site.dist().enumerate(self.max_size)
+        p, dp = site.jvp(lambda dd: jnp.exp(jax.vmap(lambda v: jnp.sum(dd.log_prob(v)))(vals)))
+        outs, douts = call_many(kont, key, vals)
+        out, dout = wsum(p, outs), wsum(p, douts)
+        if dp is None:
+            return out, dout
+        return out, [a + b for a, b in zip(dout, wsum(dp, outs))]

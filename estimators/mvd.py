@@ -1,0 +1,130 @@
+"""Measure-valued derivatives (weak derivatives) of one-parameter-at-a-time decompositions."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from ppl.transforms import Estimator, EstimatorError
+from ppl.transforms._estimator import estimator_dataclass
+
+from ._util import call_many, wsum
+
+__all__ = ["MVD", "MVD_FAMILIES"]
+
+_SQRT2PI = math.sqrt(2 * math.pi)
+
+
+def _normal(key, c, x):
+    loc, scale = c["loc"], c["scale"]
+    k1, k2 = jax.random.split(key)
+    r = jax.random.rayleigh(k1, 1.0, x.shape, x.dtype)           # Weibull(sqrt 2, 2)
+    eps = (x - loc) / scale                                        # the sample's own noise
+    chi3 = jnp.sqrt(eps ** 2 + jnp.sum(jax.random.normal(k2, (2,) + x.shape, x.dtype) ** 2, 0))
+    return {"loc": (1 / (scale * _SQRT2PI), loc + scale * r, loc - scale * r),
+            "scale": (1 / scale, loc + scale * jnp.sign(eps) * chi3, x)}
+
+
+def _bernoulli(key, c, x):
+    return {"probs": (jnp.ones_like(c["probs"]), jnp.ones_like(x), jnp.zeros_like(x))}
+
+
+def _categorical(key, c, x):
+    p = c["probs"]
+    return {"probs": (jnp.ones_like(p), jnp.broadcast_to(jnp.arange(p.shape[-1], dtype=x.dtype), p.shape), None)}
+
+
+def _poisson(key, c, x):
+    return {"rate": (jnp.ones_like(c["rate"]), x + 1, x)}
+
+
+def _geometric(key, c, x):
+    p = c["probs"]  # failures before the first success; jax's geometric counts trials (>= 1)
+    return {"probs": (1 / p, x, x + jax.random.geometric(key, p, x.shape).astype(x.dtype))}
+
+
+def _exponential(key, c, x):
+    lam = c["rate"]
+    return {"rate": (1 / lam, x, x + jax.random.exponential(key, x.shape, x.dtype) / lam)}
+
+
+#: family -> rule(key, canonical params, sample) -> {param: (c, x_plus, x_minus or None)}
+MVD_FAMILIES = {"Normal": _normal, "Bernoulli": _bernoulli, "Categorical": _categorical,
+                "Poisson": _poisson, "Geometric": _geometric, "Exponential": _exponential}
+
+
+def _canonical(dd, shape):
+    """Canonical parameters broadcast to the value shape (plus the category axis)."""
+    extra = 1 if dd.family == "Categorical" else 0
+    canon = {k: jnp.asarray(v) for k, v in dd.canonical().items()}
+    return {k: jnp.broadcast_to(v, shape + v.shape[v.ndim - extra:]) for k, v in canon.items()}
+
+
+@estimator_dataclass
+class MVD(Estimator):
+    """Measure-valued derivative (Mohamed et al. 2020, "Monte Carlo Gradient Estimation in
+    Machine Learning", section 6; Heidergott & Vazquez-Abad).
+
+    Identity: for each element ``i`` and canonical parameter ``th_i`` the derivative of the
+    measure splits as ``d/dth p = c (p+ - p-)`` with probability measures ``p+``, ``p-``, so
+    ``d/dth_i E[k] = c_i (E[k(x with x_i ~ p+)] - E[k(x with x_i ~ p-)])``, the other
+    elements held at their sample. Forward mode returns
+    ``dk(x) + sum_i c_i dth_i (k(x^{+i}) - k(x^{-i}))`` with ``dth`` from
+    ``site.jvp(canonical)``. The decompositions (``eps = (x - mu)/sigma``, ``R ~ Rayleigh``):
+
+    ========== ====== ============== ========================= =========================
+    family     th     c              p+                         p-
+    ========== ====== ============== ========================= =========================
+    Normal     loc    1/(s sqrt 2pi) mu + s R                   mu - s R
+    Normal     scale  1/s            mu + s sign(eps) chi_3     x (Normal itself)
+    Bernoulli  probs  1              delta_1                    delta_0
+    Categorical probs_j 1            delta_j                    (none: probs as a measure)
+    Poisson    rate   1              x + 1                      x
+    Geometric  probs  1/p            x (Geometric itself)       1 + NegBin(2, p) = x + G'
+    Exponential rate  1/rate         x (Exponential itself)     Gamma(2, rate) = x + E'/rate
+    ========== ====== ============== ========================= =========================
+
+    Common random numbers: ``p+`` and ``p-`` share ``R``; where one part is the distribution
+    itself it reuses the site's sample ``x_i`` and the other part is built from it
+    (``chi_3 = sqrt(eps^2 + z1^2 + z2^2)`` is a double-sided Maxwell magnitude, ``x + G'`` and
+    ``x + E'/rate`` have the right sums). Valid because every term is an expectation over
+    ``x_i`` alone, independent of the other elements; each ``+``/``-`` pair also shares the
+    continuation's key. Categorical treats ``probs`` as the measure's weights:
+    ``sum_j dprobs_j E[k(x_i = j)]``.
+
+    Preconditions: a family above (NumPyro or TFP), scalar events. Cost: ``1 + 2 P n``
+    continuation calls (``P`` parameters, ``n`` elements; ``K n`` for Categorical), one
+    vmapped trace. Variance: low and bounded for bounded ``k`` (no score factor), no
+    differentiability of ``k`` needed.
+    """
+
+    def check(self, site):
+        d = site.dist()
+        if d.family not in MVD_FAMILIES or d.event_shape != ():
+            raise EstimatorError(
+                f"MVD at site {site.name!r}: no measure-valued derivative is implemented for "
+                f"{d.name}. MVD() supports the families {', '.join(MVD_FAMILIES)} (scalar events). "
+                "Use Reparam() or ScoreFunction() (with a Baseline) for this site.")
+
+    def jvp(self, key, site, kont):
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        d = site.dist()
+        x = d.sample(k1)
+        out, dout = kont(k2, x, None)
+        canon, dcanon = site.jvp(lambda dd: _canonical(dd, x.shape))
+        if dcanon is None:
+            return out, dout
+        n = x.size
+        ws, vals, idx, keys = [], [], [], []
+        for j, (name, (c, xp, xm)) in enumerate(MVD_FAMILIES[d.family](k3, canon, x).items()):
+            elem = jnp.broadcast_to(jnp.arange(n).reshape(x.shape + (1,) * (c.ndim - x.ndim)), c.shape).ravel()
+            w = (c * dcanon[name]).ravel()
+            kj = jax.random.split(jax.random.fold_in(k4, j), w.shape[0])
+            for v, sign in ((xp, 1.0), (xm, -1.0)):
+                if v is not None:
+                    ws.append(sign * w), vals.append(v.astype(x.dtype).ravel()), idx.append(elem), keys.append(kj)
+        w, v, i = jnp.concatenate(ws), jnp.concatenate(vals), jnp.concatenate(idx)
+        xs = jnp.broadcast_to(x.ravel(), (i.shape[0], n)).at[jnp.arange(i.shape[0]), i].set(v)
+        outs, _ = call_many(kont, jnp.concatenate(keys), xs.reshape((-1,) + x.shape))
+        return out, [a + b for a, b in zip(dout, wsum(w, outs))]
