@@ -36,8 +36,11 @@ _OUTSIDE = (
 
 
 def normalize_address(addr) -> tuple:
-    """Addresses are tuples of str/int; a bare str or int is a one-element address."""
-    if isinstance(addr, (str, int)) and not isinstance(addr, bool):
+    """Addresses are tuples of str/int. A str is split at "/" ("enc/z" is ("enc", "z"), the
+    form addresses are printed in); an int is a one-element address."""
+    if isinstance(addr, str) and addr and all(addr.split("/")):
+        return tuple(addr.split("/"))
+    if isinstance(addr, int) and not isinstance(addr, bool):
         return (addr,)
     if isinstance(addr, tuple) and addr and all(
             isinstance(a, (str, int)) and not isinstance(a, bool) for a in addr):

@@ -275,3 +275,12 @@ def test_cond_branch_shape_mismatch_named(key):
 
     with pytest.raises(ValueError, match="address 'x' appears in several branches"):
         ppl.simulate(prog)(key)
+
+
+def test_slash_strings_are_hierarchical_addresses(key):
+    tr = jax.jit(ppl.simulate(lambda: ppl.call("enc", lambda: ppl.sample("z", nd.Normal(0.0, 1.0)))))(key)
+    assert tr.choices["enc/z"] is tr.choices["enc", "z"]
+    lp, _ = ppl.assess(lambda: ppl.sample("enc/z", nd.Normal(0.0, 1.0)))({"enc": {"z": 0.0}})
+    np.testing.assert_allclose(lp, nd.Normal(0.0, 1.0).log_prob(0.0))
+    with pytest.raises(TypeError, match="an address is"):
+        ppl.sample("a//b", nd.Normal(0.0, 1.0))
