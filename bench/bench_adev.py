@@ -40,25 +40,33 @@ def ppl_elbo_once(p, x, key):
 
 
 def hand_elbo(p, x, key):
+    """The same computation written by hand: the same NumPyro densities, explicit reparam."""
     h = x @ p["enc"]
     loc, scale = h[:, :D], jax.nn.softplus(h[:, D:])
     eps = jax.random.normal(key, loc.shape)
     z = loc + scale * eps
-    logq = jnp.sum(jax.scipy.stats.norm.logpdf(z, loc, scale))
-    logp = jnp.sum(jax.scipy.stats.norm.logpdf(z, 0.0, 1.0)) + jnp.sum(jax.scipy.stats.norm.logpdf(x, z @ p["W"], 1.0))
+    logq = jnp.sum(nd.Normal(loc, scale).log_prob(z))
+    logp = jnp.sum(nd.Normal(jnp.zeros_like(z), 1.0).log_prob(z)) + jnp.sum(nd.Normal(z @ p["W"], 1.0).log_prob(x))
     return logp - logq
 
 
-def timeit(f, *args, reps=50):
+def compile_time(f, *args):
     t0 = time.perf_counter()
     jax.block_until_ready(f(*args))
-    compile_s = time.perf_counter() - t0
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        ts.append(time.perf_counter() - t0)
-    return compile_s, float(np.median(ts))
+    return time.perf_counter() - t0
+
+
+def race(fa, fb, args, rounds=7, reps=100):
+    """Median per-call time of each, alternating rounds so machine drift hits both alike."""
+    ta, tb = [], []
+    for _ in range(rounds):
+        for f, out in ((fa, ta), (fb, tb)):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                r = f(*args)
+            jax.block_until_ready(r)
+            out.append((time.perf_counter() - t0) / reps)
+    return float(np.median(ta)), float(np.median(tb))
 
 
 def main():
@@ -69,8 +77,8 @@ def main():
         x = jax.random.normal(jax.random.key(b), (b, X))
         hand = jax.jit(jax.value_and_grad(hand_elbo))
         mine = jax.jit(jax.value_and_grad(ppl_elbo_once))
-        ch, th = timeit(hand, p, x, key)
-        cp, tp = timeit(mine, p, x, key)
+        ch, cp = compile_time(hand, p, x, key), compile_time(mine, p, x, key)
+        th, tp = race(hand, mine, (p, x, key))
         print(f"{b:>6} {th*1e3:>9.3f} {tp*1e3:>9.3f} {tp/th:>6.2f} {ch:>15.3f} {cp:>14.3f} {cp/ch:>6.2f}")
 
     # enumeration: cost of an Enum site over K values vs one evaluation of its continuation
@@ -92,8 +100,9 @@ def main():
 
         E = expectation(obj, estimators={"c": Enum()})
         t = jnp.zeros(k)
-        _, t1 = timeit(jax.jit(jax.value_and_grad(one)), t, reps=20)
-        _, tk = timeit(jax.jit(lambda t: E.value_and_grad(key, t)), t, reps=20)
+        f1, fk = jax.jit(jax.value_and_grad(one)), jax.jit(lambda t: E.value_and_grad(key, t))
+        compile_time(f1, t), compile_time(fk, t)
+        t1, tk = race(f1, fk, (t,), reps=20)
         print(f"{k:>4} {t1*1e3:>12.3f} {tk*1e3:>9.3f} {tk/(k*t1):>17.2f}")
 
 
