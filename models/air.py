@@ -27,7 +27,7 @@ from tensorflow_probability.substrates import jax as tfp
 
 import ppl
 
-from ._estimators import estimator
+from ppl.estimators import MVD, Enum
 from .nets import dense_apply, dense_init, mlp_apply, mlp_init
 
 tfd = tfp.distributions
@@ -197,8 +197,8 @@ def count_accuracy(key, params, x, counts):
 
 def hybrid_estimators() -> dict:
     """Enum for the first presence, MVD for the later ones (a per-step mix; where/what Reparam)."""
-    return {("present", 0): estimator("Enum")(), ("present", 1): estimator("MVD")(),
-            ("present", 2): estimator("MVD")()}
+    return {("present", 0): Enum(), ("present", 1): MVD(),
+            ("present", 2): MVD()}
 
 
 def estimator_presets() -> dict:
@@ -206,7 +206,7 @@ def estimator_presets() -> dict:
     from ppl.transforms import ScoreFunction
 
     return {"score": {"present": ScoreFunction()},
-            "enum": {"present": estimator("Enum")()}, "mvd": {"present": estimator("MVD")()},
+            "enum": {"present": Enum()}, "mvd": {"present": MVD()},
             "hybrid": hybrid_estimators()}
 
 

@@ -26,7 +26,7 @@ from tensorflow_probability.substrates import jax as tfp
 
 import ppl
 
-from ._estimators import estimator
+from ppl.estimators import ARM, MVD, DisARM, Enum, GumbelSoftmax, LeaveOneOut, StraightThrough
 from .data import binarize
 from .nets import mlp_apply, mlp_init
 
@@ -127,30 +127,25 @@ def sample_images(key, params, n: int):
 
 
 def estimator_suite(latent_dim: int, *, enum_max: int = 12) -> dict:
-    """``{label: (objective_name, estimators_or_None)}``: every strategy available for ``"z"``.
+    """``{label: (objective_name, estimators_or_None)}``: every strategy for ``"z"``.
 
     Labels of biased estimators end in ``(biased)``. Enum is included when ``latent_dim <=
-    enum_max``; classes missing from ``ppl.estimators`` are left out (see ``_estimators``).
+    enum_max``.
     """
-    from ._estimators import EstimatorUnavailable
     from ppl.transforms import ScoreFunction
 
-    wanted = [("score", lambda: ScoreFunction()),
-              ("score+baseline(LOO)", lambda: estimator("LeaveOneOut")(num_samples=4)),
-              ("arm", lambda: estimator("ARM")()),
-              ("disarm", lambda: estimator("DisARM")()),
-              ("mvd", lambda: estimator("MVD")()),
-              ("gumbel-softmax (biased)", lambda: estimator("GumbelSoftmax")(temperature=0.5)),
-              ("straight-through (biased)", lambda: estimator("StraightThrough")(temperature=1.0))]
+    suite = {"score": ("elbo", {"z": ScoreFunction()})}
     if latent_dim <= enum_max:
-        wanted.insert(1, ("enum", lambda: estimator("Enum")()))
-    suite = {}
-    for label, make in wanted:
-        try:
-            suite[label] = ("elbo", {"z": make()})
-        except EstimatorUnavailable:
-            continue
-    suite["vimco (K=4)"] = ("vimco", None)
+        suite["enum"] = ("elbo", {"z": Enum()})
+    suite.update({
+        "score+baseline(LOO)": ("elbo", {"z": LeaveOneOut(num_samples=4)}),
+        "arm": ("elbo", {"z": ARM()}),
+        "disarm": ("elbo", {"z": DisARM()}),
+        "mvd": ("elbo", {"z": MVD()}),
+        "gumbel-softmax (biased)": ("elbo", {"z": GumbelSoftmax(temperature=0.5)}),
+        "straight-through (biased)": ("elbo", {"z": StraightThrough(temperature=1.0)}),
+        "vimco (K=4)": ("vimco", None),
+    })
     return suite
 
 

@@ -23,12 +23,9 @@ class UsageError(Exception):
 
 def _est(cls_name, **kw):
     def make():
-        from ppl.models._estimators import EstimatorUnavailable, estimator
+        import ppl.estimators
 
-        try:
-            return estimator(cls_name)(**kw)
-        except EstimatorUnavailable as e:
-            raise UsageError(str(e)) from None
+        return getattr(ppl.estimators, cls_name)(**kw)
     return make
 
 
