@@ -22,7 +22,7 @@ import jax
 from . import _compat
 from ._site import Site, det_p, fmt_address, sample_p
 
-__all__ = ["run", "Handler", "contains_sites", "site_addresses", "UnsupportedControlFlow"]
+__all__ = ["run", "stage", "Handler", "contains_sites", "site_addresses", "UnsupportedControlFlow"]
 
 
 class UnsupportedControlFlow(NotImplementedError):
@@ -95,6 +95,17 @@ class Handler:
             f"random choices {describe(addrs)} inside lax.cond/lax.switch are not supported by this "
             "interpreter. Workaround: sample unconditionally and select the value with jnp.where, "
             "or make the choice's distribution depend on the condition.")
+
+
+def stage(fn, args):
+    """Stage ``fn(*args)`` (args any pytree): ``(closed_jaxpr, flat_args, out_treedef)``."""
+    flat, in_tree = jax.tree_util.tree_flatten(args)
+
+    def flat_fn(*leaves):
+        return fn(*jax.tree_util.tree_unflatten(in_tree, leaves))
+
+    closed, out_tree = _compat.make_jaxpr(flat_fn, *flat)
+    return closed, flat, out_tree
 
 
 def run(closed, args, handler: Handler):

@@ -28,8 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from . import _compat
-from ._interp import Handler, UnsupportedControlFlow, describe, rescan, run, site_addresses
+from ._interp import Handler, UnsupportedControlFlow, describe, rescan, run, site_addresses, stage
 from ._site import Site, bind_site, det_p, fmt_address, normalize_address
 from .choicemap import ChoiceMap
 
@@ -47,14 +46,7 @@ class Trace:
     deterministics: ChoiceMap
 
 
-def _stage(program, args):
-    flat, in_tree = jax.tree_util.tree_flatten(args)
-
-    def flat_program(*leaves):
-        return program(*jax.tree_util.tree_unflatten(in_tree, leaves))
-
-    closed, out_tree = _compat.make_jaxpr(flat_program, *flat)
-    return closed, flat, out_tree
+_stage = stage
 
 
 def _split(key):
@@ -138,12 +130,7 @@ class _TraceHandler(Handler):
             keys = jax.random.split(sub, length)
         outs, (choices, dets, score, weight) = rescan(
             eqn, invals, self._child, (keys, sliced))
-        for a, v in choices.items():
-            self._claim(a)
-            self.choices[a] = v
-        for a, v in dets.items():
-            self._claim(a)
-            self.dets[a] = v
+        self._merge(choices, dets)
         self.visited |= set(sliced)
         self.score = self.score + jnp.sum(score)
         self.weight = self.weight + jnp.sum(weight)
@@ -192,17 +179,19 @@ class _TraceHandler(Handler):
             return g
 
         outs, (choices, dets, score, weight) = jax.lax.switch(index, [filled(f) for f, _ in made], *ops)
-        for a, v in choices.items():
-            self._claim(a)
-            self.choices[a] = v
-        for a, v in dets.items():
-            self._claim(a)
-            self.dets[a] = v
+        self._merge(choices, dets)
         for _, cons in made:
             self.visited |= set(cons)
         self.score = self.score + score
         self.weight = self.weight + weight
         return outs
+
+    def _merge(self, choices, dets):
+        """Add a sub-computation's (scan body's, cond branch's) choices and records."""
+        for table, part in ((self.choices, choices), (self.dets, dets)):
+            for a, v in part.items():
+                self._claim(a)
+                table[a] = v
 
     def scan_outputs(self):
         return self.choices, self.dets, self.score, self.weight

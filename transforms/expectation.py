@@ -32,22 +32,13 @@ import jax
 
 from ppl import _compat
 from ppl._interp import run
+from ppl._interp import stage as _stage
 from ppl._site import fmt_address, normalize_address
 
 from ._estimator import DualSite, Estimator, EstimatorError, Reparam, ScoreFunction
 from .adev import Sampler, adev_jvp, expect_p, flatten
 
 __all__ = ["expectation", "Expectation", "Plan"]
-
-
-def _stage(fn, args):
-    flat, in_tree = jax.tree_util.tree_flatten(args)
-
-    def flat_fn(*leaves):
-        return fn(*jax.tree_util.tree_unflatten(in_tree, leaves))
-
-    closed, out_tree = _compat.make_jaxpr(flat_fn, *flat)
-    return closed, flat, out_tree
 
 
 def default_estimator(site: DualSite) -> Estimator:
