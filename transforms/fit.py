@@ -89,8 +89,16 @@ class FitResult:
     history: np.ndarray  # loss per step, from step 0 (restored from the checkpoint on resume)
 
 
-def _minibatch(data, batch_size, key, t):
-    """The minibatch of step ``t``: a slice of the permutation of epoch ``t // n_per_epoch``."""
+def _epoch_permutation(key, epoch, n):
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+
+
+def _minibatch(data, batch_size, key, t, perms=None, first_epoch=0):
+    """The minibatch of step ``t``: a slice of the permutation of epoch ``t // n_per_epoch``.
+
+    ``perms`` may hold the permutations of epochs ``first_epoch, first_epoch + 1, ...``
+    precomputed (one per epoch a chunk spans, instead of one per step).
+    """
     if data is None:
         return None
     n = jax.tree_util.tree_leaves(data)[0].shape[0]
@@ -98,9 +106,23 @@ def _minibatch(data, batch_size, key, t):
         return data
     per_epoch = n // batch_size
     epoch, j = t // per_epoch, t % per_epoch
-    perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    perm = _epoch_permutation(key, epoch, n) if perms is None else perms[epoch - first_epoch]
     idx = jax.lax.dynamic_slice_in_dim(perm, j * batch_size, batch_size)
     return jax.tree_util.tree_map(lambda a: a[idx], data)
+
+
+def _chunk_permutations(data, batch_size, key, t0, chunk):
+    """``(perms, first_epoch)`` for every epoch that steps ``t0 .. t0 + chunk - 1`` touch."""
+    if data is None:
+        return None, 0
+    n = jax.tree_util.tree_leaves(data)[0].shape[0]
+    if batch_size is None or batch_size >= n:
+        return None, 0
+    per_epoch = n // batch_size
+    first = t0 // per_epoch
+    count = chunk // per_epoch + 2  # static bound on the epochs a chunk spans
+    perms = jax.vmap(lambda e: _epoch_permutation(key, e, n))(first + jnp.arange(count))
+    return perms, first
 
 
 def _check_data(data, batch_size):
@@ -136,10 +158,12 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
 
     @jax.jit
     def run_chunk(state, data, t0, n):
+        perms, first_epoch = _chunk_permutations(data, batch_size, data_key, t0, chunk)
+
         def body(carry, i):
             state, bad = carry
             t = t0 + i
-            batch = _minibatch(data, batch_size, data_key, t)
+            batch = _minibatch(data, batch_size, data_key, t, perms, first_epoch)
             new, info = kern.step(jax.random.fold_in(step_key, t), state, batch)
             ok = info["finite"] & ~bad & (i < n)
             state = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state)
