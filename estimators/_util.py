@@ -10,14 +10,17 @@ __all__ = ["call_many", "wsum", "value_size", "bcast_like"]
 
 
 def call_many(kont, keys, xs):
-    """``kont(keys[j], xs[j], None)`` for every ``j``, vmapped so the continuation is traced once.
+    """``kont(keys[j], xs[j], None)`` for every ``j``, traced once with ``lax.map``.
 
     ``keys`` is one key (shared by every call: common random numbers downstream) or a stack
     of keys, one per call. Returns ``(outs, douts)``, lists of arrays with a leading axis.
+    ``lax.map`` runs the calls one after another in a loop: on the CPU it costs about m
+    evaluations of the continuation, where ``vmap`` costs up to twice that for large ones
+    (BENCHMARKS.md, enumeration).
     """
     if keys.ndim == 0:  # one shared key
-        return jax.vmap(lambda x: kont(keys, x, None))(xs)
-    return jax.vmap(lambda k, x: kont(k, x, None))(keys, xs)
+        return jax.lax.map(lambda x: kont(keys, x, None), xs)
+    return jax.lax.map(lambda kx: kont(kx[0], kx[1], None), (keys, xs))
 
 
 def wsum(w, outs):
