@@ -21,7 +21,7 @@ class Enum(Estimator):
 
     ``v`` ranges over the joint support of every element of the site (``K^n`` values for
     ``n`` elements with ``K`` values each); the continuation is called once per value, in one
-    vmapped trace, all with the same key (common random numbers downstream; unbiased for any
+    ``lax.map`` trace, all with the same key (common random numbers downstream; unbiased for any
     key choice). Preconditions: a finite support known at trace time (Bernoulli, Categorical,
     DiscreteUniform / Binomial with Python-number bounds; NumPyro or TFP) of at most
     ``max_size`` joint values. Variance: this site contributes none (zero variance when it

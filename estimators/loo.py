@@ -16,7 +16,7 @@ __all__ = ["LeaveOneOut"]
 class LeaveOneOut(Estimator):
     """Score function with a leave-one-out baseline (REINFORCE-LOO / "RLOO").
 
-    Draws ``x_1..x_n ~ p_t`` independently, calls the continuation on each (one vmapped
+    Draws ``x_1..x_n ~ p_t`` independently, calls the continuation on each (one ``lax.map``
     trace, independent keys) and returns the value ``mean_i k_i`` and the tangent
     ``mean_i [dk_i + (k_i - b_i) dlog p_t(x_i)]`` with ``b_i = mean_{j != i} k_j``
     (equivalently ``k_i - b_i = n/(n-1) (k_i - mean k)``). Unbiased because ``b_i`` is

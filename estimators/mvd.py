@@ -95,7 +95,7 @@ class MVD(Estimator):
 
     Preconditions: a family above (NumPyro or TFP), scalar events. Cost: ``1 + 2 P n``
     continuation calls (``P`` parameters, ``n`` elements; ``K n`` for Categorical), one
-    vmapped trace. Variance: low and bounded for bounded ``k`` (no score factor), no
+    ``lax.map`` trace. Variance: low and bounded for bounded ``k`` (no score factor), no
     differentiability of ``k`` needed.
     """
 

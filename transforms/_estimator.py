@@ -10,7 +10,7 @@ random choice. ADEV calls ``estimator.jvp(key, site, kont)`` where
 
 It returns ``(outputs, output_tangents)`` whose expectation (over ``key`` and the randomness
 of ``kont``) is ``(E[k], d/dt E[k])`` for an unbiased estimator. It may call ``kont`` zero,
-one or many times (prefer ``jax.vmap(kont)`` for many: one trace of the continuation).
+one or many times (for many, map it with ``jax.lax.map``: one trace of the continuation).
 
 Estimators are frozen dataclasses registered as pytrees: array fields (baseline values) are
 leaves, so changing them does not recompile.
