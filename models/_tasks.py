@@ -57,6 +57,17 @@ def _plan_fn(model_args, guide_args, x, per_example):
     return plan
 
 
+def _image_plots(out, history, module, params, x_test, image_shape):
+    """Learning curve, reconstructions of 10 test images and 30 samples (VAE and discrete VAE)."""
+    k1, k2 = jax.random.split(jax.random.key(1))
+    xs = x_test[:10]
+    samples = np.asarray(module.sample_images(k2, params, 30)).reshape(3, 10, -1)
+    return [_plots.learning_curve(os.path.join(out, "learning_curve.png"), history),
+            _plots.image_grid(os.path.join(out, "reconstructions.png"), [xs, module.reconstruct(k1, params, xs)],
+                              image_shape, titles=["data", "reconstruction"]),
+            _plots.image_grid(os.path.join(out, "samples.png"), samples, image_shape)]
+
+
 def vae(args, ds):
     from . import vae as V
 
@@ -74,13 +85,7 @@ def vae(args, ds):
                 f"test_log_likelihood_K{args.eval_particles}": float(jnp.mean(ll))}
 
     def plots(out, params, history):
-        k1, k2 = jax.random.split(jax.random.key(1))
-        xs = x_test[:10]
-        return [_plots.learning_curve(os.path.join(out, "learning_curve.png"), history),
-                _plots.image_grid(os.path.join(out, "reconstructions.png"), [xs, V.reconstruct(k1, params, xs)],
-                                  ds.image_shape, titles=["data", "reconstruction"]),
-                _plots.image_grid(os.path.join(out, "samples.png"), np.asarray(V.sample_images(k2, params, 30)).reshape(3, 10, -1),
-                                  ds.image_shape)]
+        return _image_plots(out, history, V, params, x_test, ds.image_shape)
 
     return Task(ds.name, V.model, V.guide, jnp.asarray(ds.x_train),
                 lambda key: V.init_params(key, cfg, data_mean=ds.x_train.mean(0)),
@@ -103,13 +108,7 @@ def dvae(args, ds):
                 "test_iwae_K100": float(jnp.mean(D.log_likelihood(k2, params, x_test, 100)))}
 
     def plots(out, params, history):
-        k1, k2 = jax.random.split(jax.random.key(1))
-        xs = x_test[:10]
-        return [_plots.learning_curve(os.path.join(out, "learning_curve.png"), history),
-                _plots.image_grid(os.path.join(out, "reconstructions.png"), [xs, D.reconstruct(k1, params, xs)],
-                                  ds.image_shape, titles=["data", "reconstruction"]),
-                _plots.image_grid(os.path.join(out, "samples.png"), np.asarray(D.sample_images(k2, params, 30)).reshape(3, 10, -1),
-                                  ds.image_shape)]
+        return _image_plots(out, history, D, params, x_test, ds.image_shape)
 
     return Task(ds.name, D.model, D.guide, jnp.asarray(ds.x_train),
                 lambda key: D.init_params(key, cfg, data_mean=ds.x_train.mean(0)),

@@ -28,6 +28,7 @@ import ppl
 
 from ppl.estimators import ARM, MVD, DisARM, Enum, GumbelSoftmax, LeaveOneOut, StraightThrough
 from .data import binarize
+from ._weights import log_weight
 from .nets import mlp_apply, mlp_init
 
 tfd = tfp.distributions
@@ -95,11 +96,8 @@ def make_loss(E):
 
 
 def _log_weight(key, params, x):
-    def one(k, xi):
-        tr = ppl.simulate(guide)(k, params["phi"], xi[None])
-        lp, _ = ppl.assess(model)(tr.choices, params["theta"], xi[None])
-        return lp - tr.score
-    return jax.vmap(one)(jax.random.split(key, x.shape[0]), x)
+    """``log p(x, z) - log q(z | x)`` for one draw ``z ~ q``; ``x`` (B, D) -> (B,)."""
+    return log_weight(model, guide, key, params, x)
 
 
 @jax.jit

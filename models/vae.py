@@ -28,6 +28,7 @@ from jax.scipy.special import logsumexp
 
 import ppl
 
+from ._weights import log_weight
 from .nets import mlp_apply, mlp_init
 
 __all__ = ["VAEConfig", "init_params", "model", "guide", "model_args", "guide_args", "elbo",
@@ -101,12 +102,7 @@ def guide_args(params, x):
 
 def _log_weight(key, params, x):
     """``log p(x, z) - log q(z | x)`` for one draw ``z ~ q``; ``x`` (B, D) -> (B,)."""
-    def one(k, xi):
-        tr = ppl.simulate(guide)(k, params["phi"], xi[None])
-        lp, _ = ppl.assess(model)(tr.choices, params["theta"], xi[None])
-        return lp - tr.score
-
-    return jax.vmap(one)(jax.random.split(key, x.shape[0]), x)
+    return log_weight(model, guide, key, params, x)
 
 
 @jax.jit
