@@ -61,7 +61,7 @@ class Baseline(Estimator):
 
 
 @estimator_dataclass
-class EMABaseline(Estimator):
+class EMABaseline(Baseline):
     """A baseline tracking an exponential moving average of the objective's value.
 
     Same identity as :class:`Baseline`. The state is explicit: ``est.update(observed)``
@@ -72,19 +72,7 @@ class EMABaseline(Estimator):
     ``b`` close to the recent mean of the objective.
     """
 
-    inner: Estimator = dataclasses.field(default_factory=ScoreFunction)
-    value: object = 0.0
-    decay: object = 0.9
-
-    @property
-    def unbiased(self):
-        return self.inner.unbiased
-
-    def check(self, site):
-        self.inner.check(site)
-
-    def jvp(self, key, site, kont):
-        return _shifted(self.inner, self.value, key, site, kont)
+    decay: object = 0.9  # after Baseline's ``inner`` and ``value``
 
     def update(self, observed) -> "EMABaseline":
         new = jax.tree_util.tree_map(lambda b, o: self.decay * b + (1 - self.decay) * jax.lax.stop_gradient(o),
