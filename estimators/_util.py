@@ -1,12 +1,11 @@
 """Helpers shared by the estimators: many continuation calls in one trace, weighted sums."""
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["call_many", "wsum", "value_size", "bcast_like"]
+__all__ = ["call_many", "wsum", "bcast_like"]
 
 
 def call_many(kont, keys, xs):
@@ -30,10 +29,6 @@ def wsum(w, outs):
         wb = w.reshape(w.shape + (1,) * (o.ndim - 1))
         res.append(jnp.sum(wb * o, axis=0).astype(o.dtype))
     return res
-
-
-def value_size(site) -> int:
-    return math.prod(site.site.value_shape)
 
 
 def bcast_like(b, outs):

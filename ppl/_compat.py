@@ -17,8 +17,6 @@ Literal = jex.Literal
 Var = jex.Var
 jaxprs_in_params = jex.jaxprs_in_params
 
-NotMapped = _batching.NotMapped
-not_mapped = None  # the "unbatched" marker batching rules receive on this version
 primitive_batchers = _batching.primitive_batchers
 # Batching rules called even when no operand is batched (they receive the axis data).
 fancy_primitive_batchers = _batching.fancy_primitive_batchers
@@ -61,10 +59,3 @@ def make_jaxpr(fn, *args):
     """Stage ``fn(*args)`` to a ClosedJaxpr; returns (closed_jaxpr, out_treedef)."""
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
     return closed, jax.tree_util.tree_structure(out_shape)
-
-
-def float0_zeros(x):
-    import numpy as np
-
-    return np.zeros(jax.numpy.shape(x), dtype=jax.dtypes.float0)
-

@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._interp import Handler, UnsupportedControlFlow, describe, rescan, run, site_addresses, stage
+from ._interp import Handler, rescan, run, site_addresses, stage
 from ._site import Site, bind_site, det_p, fmt_address, normalize_address
 from .choicemap import ChoiceMap
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["Estimator", "DualSite", "EstimatorError", "Reparam", "ScoreFunction",
-           "tree_axpy", "tree_scale", "instantiate"]
+           "tree_axpy", "instantiate"]
 
 
 class EstimatorError(ValueError):
@@ -44,10 +44,6 @@ def instantiate(primal, tangent):
 def tree_axpy(a, x, y):
     """``a * x + y`` leaf-wise over lists of arrays (``a`` a scalar or array)."""
     return [a * xi + yi for xi, yi in zip(x, y)]
-
-
-def tree_scale(a, x):
-    return [a * xi for xi in x]
 
 
 class DualSite:

@@ -43,9 +43,6 @@ EXTRA_SITE_PRIMITIVE_NAMES.add(expect_p.name)
 class _Flatten(Reemit):
     """Re-emit an objective with calls inlined and scans holding random choices unrolled."""
 
-    def __init__(self):
-        super().__init__()
-
     def sample(self, site):
         return rebind_site(site)
 

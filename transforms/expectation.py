@@ -35,7 +35,7 @@ from ppl._interp import run
 from ppl._interp import stage as _stage
 from ppl._site import fmt_address, normalize_address
 
-from ._estimator import DualSite, Estimator, EstimatorError, Reparam, ScoreFunction
+from ._estimator import DualSite, Estimator, Reparam, ScoreFunction
 from .adev import Sampler, adev_jvp, expect_p, flatten
 
 __all__ = ["expectation", "Expectation", "Plan"]
