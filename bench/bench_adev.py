@@ -2,7 +2,12 @@
 hand-written JAX of the same computation; and enumeration cost vs K evaluations.
 
 Run: .venv/bin/python bench/bench_adev.py   (prints a table with ratios)
+
+"same compiled ops": whether the optimized HLO modules of the two programs hold the same
+multiset of (shape, opcode) instructions, a timing-free check that ppl adds no work.
 """
+import collections
+import re
 import time
 
 import jax
@@ -51,6 +56,16 @@ def hand_elbo(p, x, key):
     return logp - logq
 
 
+def compiled_ops(f, *args):
+    """Multiset of (shape, opcode) over every instruction of the optimized HLO module."""
+    ops = collections.Counter()
+    for line in f.lower(*args).compile().as_text().splitlines():
+        m = re.match(r"\s*(?:ROOT )?%\S+ = (\S+) ([\w\-]+)\(", line)
+        if m:
+            ops[m.groups()] += 1
+    return ops
+
+
 def compile_time(f, *args):
     t0 = time.perf_counter()
     jax.block_until_ready(f(*args))
@@ -73,14 +88,16 @@ def race(fa, fb, args, rounds=15, reps=200):
 def main():
     key = jax.random.key(0)
     p = init(key)
-    print(f"{'batch':>6} {'hand ms':>9} {'ppl ms':>9} {'ratio':>6} {'hand compile s':>15} {'ppl compile s':>14} {'ratio':>6}")
+    print(f"{'batch':>6} {'hand ms':>9} {'ppl ms':>9} {'ratio':>6} {'hand compile s':>15} {'ppl compile s':>14} {'ratio':>6} {'same compiled ops':>17}")
     for b in (64, 128, 256, 512, 1024):
         x = jax.random.normal(jax.random.key(b), (b, X))
         hand = jax.jit(jax.value_and_grad(hand_elbo))
         mine = jax.jit(jax.value_and_grad(ppl_elbo_once))
         ch, cp = compile_time(hand, p, x, key), compile_time(mine, p, x, key)
         th, tp = race(hand, mine, (p, x, key))
-        print(f"{b:>6} {th*1e3:>9.3f} {tp*1e3:>9.3f} {tp/th:>6.2f} {ch:>15.3f} {cp:>14.3f} {cp/ch:>6.2f}")
+        same = compiled_ops(hand, p, x, key) == compiled_ops(mine, p, x, key)
+        print(f"{b:>6} {th*1e3:>9.3f} {tp*1e3:>9.3f} {tp/th:>6.2f} {ch:>15.3f} {cp:>14.3f} "
+              f"{cp/ch:>6.2f} {'yes' if same else 'no':>17}", flush=True)
 
     # enumeration: cost of an Enum site over K values vs one evaluation of its continuation
     try:

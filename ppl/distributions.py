@@ -135,8 +135,26 @@ class Dist:
         return out.reshape((size,) + batch + self.event_shape)
 
 
+def _restore_validation(d, flag: bool):
+    """Give ``d`` and the distributions inside it NumPyro's validation flag where it is unset.
+
+    A NumPyro distribution that passed through a site as a pytree comes back with
+    ``validate_args=None`` (NumPyro's unflatten does not keep it), which would silently turn
+    off sample validation in ``log_prob`` (log density -inf outside the support, a warning for
+    concrete values). Flags set explicitly (True or False) are kept.
+    """
+    if getattr(d, "_validate_args", False) is None:
+        d._validate_args = flag
+    for v in vars(d).values():
+        if isinstance(v, nd.Distribution):
+            _restore_validation(v, flag)
+
+
 class NumPyroDist(Dist):
     def __init__(self, d):
+        from numpyro.distributions import distribution as _npd
+
+        _restore_validation(d, bool(getattr(_npd, "_VALIDATION_ENABLED", False)))
         self.base = d
 
     def _draw(self, key):
@@ -156,7 +174,8 @@ class NumPyroDist(Dist):
         # NumPyro's BernoulliLogits has a wrong gradient at logits == 0 exactly; use log-sigmoid.
         if isinstance(d, nd.BernoulliLogits):
             v = jnp.asarray(value, d.logits.dtype)
-            return v * jax.nn.log_sigmoid(d.logits) + (1 - v) * jax.nn.log_sigmoid(-d.logits)
+            lp = v * jax.nn.log_sigmoid(d.logits) + (1 - v) * jax.nn.log_sigmoid(-d.logits)
+            return jnp.where(d._validate_sample(v), lp, -jnp.inf) if d._validate_args else lp
         return d.log_prob(value)
 
     def support_values(self):

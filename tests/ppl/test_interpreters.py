@@ -284,3 +284,23 @@ def test_slash_strings_are_hierarchical_addresses(key):
     np.testing.assert_allclose(lp, nd.Normal(0.0, 1.0).log_prob(0.0))
     with pytest.raises(TypeError, match="an address is"):
         ppl.sample("a//b", nd.Normal(0.0, 1.0))
+
+
+def test_out_of_support_values_get_log_density_minus_inf_like_numpyro():
+    """A distribution that passes through a site as a pytree loses NumPyro's validate_args;
+    ppl restores it, so out-of-support values score -inf (not a finite or NaN number)."""
+    def model():
+        ppl.sample("b", nd.Bernoulli(probs=0.3))
+        ppl.sample("l", nd.Bernoulli(logits=0.3))
+        ppl.sample("u", nd.Beta(2.0, 2.0))
+        ppl.sample("v", nd.Normal(jnp.zeros(3), 1.0).to_event(1))
+
+    inside = {"b": 1, "l": 0, "u": 0.5, "v": jnp.ones(3)}
+    w_in, _ = jax.jit(ppl.assess(model))(inside)
+    assert np.isfinite(w_in)
+    for addr, bad in (("b", 2), ("l", -1), ("u", 1.5), ("v", jnp.array([0.0, jnp.inf, 0.0]))):
+        w, _ = jax.jit(ppl.assess(model))({**inside, addr: bad})  # traced: no warning, -inf
+        assert w == -jnp.inf, addr
+    with pytest.warns(UserWarning, match="Out-of-support"):   # eager: NumPyro's warning too
+        w, _ = ppl.assess(model)({**inside, "u": 1.5})
+    assert w == -jnp.inf
