@@ -7,9 +7,11 @@ Gaussian guide, Bernoulli likelihood. One jitted ``value_and_grad`` per system:
 - hand-written JAX: the same networks and math written directly;
 - NumPyro: ``Trace_ELBO().loss`` with the same networks (parameters passed as arguments).
 
-Per-call time: median over repeats after ``block_until_ready``; compile: ``lower().compile()``.
+Per-call time: median over alternating rounds (each round times ``--reps`` back-to-back calls
+of each system, then ``block_until_ready``), so drift of the machine hits all three alike;
+compile: ``lower().compile()``.
 
-Run: ``.venv/bin/python bench/bench_vae.py [--repeats 50] [--batches 64,128,256,512,1024]``
+Run: ``.venv/bin/python bench/bench_vae.py [--rounds 15] [--reps 10] [--batches 64,128,...]``
 """
 from __future__ import annotations
 
@@ -78,25 +80,33 @@ def numpyro_loss():
     return loss
 
 
-def measure(loss, params, key, x, repeats):
+def compile_fn(loss, params, key, x):
     f = jax.jit(jax.value_and_grad(loss))
     t = time.perf_counter()
     compiled = f.lower(params, key, x).compile()
     compile_s = time.perf_counter() - t
-    jax.block_until_ready(compiled(params, key, x))
-    times = []
-    for i in range(repeats):
-        k = jax.random.fold_in(key, i)
-        t = time.perf_counter()
-        jax.block_until_ready(compiled(params, k, x))
-        times.append(time.perf_counter() - t)
-    value = float(compiled(params, key, x)[0])
-    return statistics.median(times), compile_s, value
+    value = float(jax.block_until_ready(compiled(params, key, x))[0])
+    return compiled, compile_s, value
+
+
+def race(fns, params, key, x, rounds, reps):
+    """Median per-call time of each function over ``rounds`` alternating rounds of ``reps``
+    back-to-back calls (fresh keys), so that machine drift hits every system alike."""
+    times = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, f in fns.items():
+            t = time.perf_counter()
+            for i in range(reps):
+                out = f(params, jax.random.fold_in(key, r * reps + i), x)
+            jax.block_until_ready(out)
+            times[name].append((time.perf_counter() - t) / reps)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=15, help="alternating timing rounds")
+    p.add_argument("--reps", type=int, default=10, help="calls per system per round")
     p.add_argument("--batches", default="64,128,256,512,1024")
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
@@ -104,18 +114,20 @@ def main(argv=None):
     params = vae.init_params(jax.random.key(0), vae.PLDI_TABLE1)
     key = jax.random.key(1)
     systems = {"ppl": ppl_loss(), "hand": hand_loss, "numpyro": numpyro_loss()}
-    print(f"data: {source}; devices: {jax.devices()}; repeats {args.repeats}")
+    print(f"data: {source}; devices: {jax.devices()}; {args.rounds} alternating rounds of "
+          f"{args.reps} calls per system")
     print(f"{'batch':>5} | {'ppl ms':>8} {'hand ms':>8} {'numpyro ms':>10} | {'ppl/hand':>8} {'ppl/npyro':>9} | "
           f"{'compile ppl s':>13} {'hand s':>7} {'npyro s':>7} {'ppl/hand':>8}")
     for b in batches:
         x = jnp.asarray(x_all[:b])
-        r = {name: measure(fn, params, key, x, args.repeats) for name, fn in systems.items()}
+        c = {name: compile_fn(fn, params, key, x) for name, fn in systems.items()}
         # same math, same key: the values agree up to float error
-        assert abs(r["ppl"][2] - r["hand"][2]) < 1e-2 * abs(r["hand"][2]), (r["ppl"][2], r["hand"][2])
-        print(f"{b:>5} | {r['ppl'][0]*1e3:8.3f} {r['hand'][0]*1e3:8.3f} {r['numpyro'][0]*1e3:10.3f} | "
-              f"{r['ppl'][0]/r['hand'][0]:8.3f} {r['ppl'][0]/r['numpyro'][0]:9.3f} | "
-              f"{r['ppl'][1]:13.2f} {r['hand'][1]:7.2f} {r['numpyro'][1]:7.2f} {r['ppl'][1]/r['hand'][1]:8.2f}")
-
+        assert abs(c["ppl"][2] - c["hand"][2]) < 1e-2 * abs(c["hand"][2]), (c["ppl"][2], c["hand"][2])
+        t = race({name: v[0] for name, v in c.items()}, params, key, x, args.rounds, args.reps)
+        print(f"{b:>5} | {t['ppl']*1e3:8.3f} {t['hand']*1e3:8.3f} {t['numpyro']*1e3:10.3f} | "
+              f"{t['ppl']/t['hand']:8.3f} {t['ppl']/t['numpyro']:9.3f} | "
+              f"{c['ppl'][1]:13.2f} {c['hand'][1]:7.2f} {c['numpyro'][1]:7.2f} "
+              f"{c['ppl'][1]/c['hand'][1]:8.2f}", flush=True)
 
 if __name__ == "__main__":
     main()
