@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _threefry
+
 __all__ = ["CBO", "CBOConfig", "Termination", "CBOState", "CBOInfo", "Reason", "consensus",
            "ISOTROPIC", "ANISOTROPIC", "GAUSSIAN", "RADEMACHER"]
 
@@ -174,7 +176,7 @@ class CBO:
         return jax.tree_util.tree_leaves(self.data)[0].shape[0]
 
     def _energies(self, key, x):
-        k_obj, k_data = jax.random.split(key)
+        k_obj, k_data = _threefry.split(key)
         args = ()
         if self.data is not None:
             batch = self.data
@@ -248,14 +250,14 @@ class CBO:
     def step(self, key, state: CBOState) -> tuple[CBOState, CBOInfo]:
         """One CBO step: evaluate, form the consensus, move every particle, anneal alpha."""
         cfg = self.config
-        k_sel, k_eval, k_noise = jax.random.split(key, 3)
+        k_sel, k_eval, k_noise = _threefry.split(key, 3)
         x = state.x
         n, d = x.shape
         if self.particle_batch_size is None:
-            idx = jnp.arange(n)
+            idx, x_eval = None, x      # every particle: no gather/scatter (slow on CPU)
         else:
             idx = jax.random.permutation(k_sel, n)[: self.particle_batch_size]
-        x_eval = x[idx]
+            x_eval = x[idx]
         raw = self._energies(k_eval, x_eval)
         ok = jnp.isfinite(raw)
         e = jnp.where(ok, raw, jnp.inf)
@@ -272,11 +274,11 @@ class CBO:
         better = e[i] < state.best_energy
         alpha_new = jnp.minimum(state.alpha * cfg.alpha_factor, cfg.alpha_max)
         new = state._replace(
-            x=x_new, energy=state.energy.at[idx].set(e), consensus=c,
+            x=x_new, energy=e if idx is None else state.energy.at[idx].set(e), consensus=c,
             alpha=alpha_new.astype(state.alpha.dtype),
             best_x=jnp.where(better, x_eval[i], state.best_x),
             best_energy=jnp.where(better, e[i], state.best_energy),
-            step=state.step + 1, num_evals=state.num_evals + idx.shape[0],
+            step=state.step + 1, num_evals=state.num_evals + x_eval.shape[0],
             nonfinite=state.nonfinite | ~jnp.all(ok))
         return new, CBOInfo(min_energy=e[i], nonfinite=~jnp.all(ok), alpha=state.alpha)
 
@@ -300,9 +302,11 @@ class CBO:
 def _increments(key, shape, dtype, kind):
     size = math.prod(shape)
     if kind == GAUSSIAN:
-        # A flat draw: XLA:CPU compiles the partitionable threefry for 2-D shapes very slowly.
-        return jax.random.normal(key, (size,), dtype).reshape(shape)
-    words = jax.random.bits(key, (-(-size // 32),), jnp.uint32)
+        # The same numbers as jax.random.normal(key, (size,)), with the Threefry hash unrolled
+        # (JAX's CPU lowering rolls it into a loop, ~5x slower); a flat draw because XLA:CPU
+        # compiles the partitionable threefry for 2-D shapes very slowly.
+        return _threefry.normal(key, (size,), dtype).reshape(shape)
+    words = _threefry.bits(key, (-(-size // 32),))
     bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
     return (2.0 * bits.reshape(-1)[:size].astype(dtype) - 1.0).reshape(shape)
 
@@ -326,7 +330,7 @@ def _reason(cbo: CBO, state: CBOState, term: Termination):
 
 @jax.jit
 def _minimize(cbo: CBO, key, x0, term: Termination):
-    k_init, k_run = jax.random.split(key)
+    k_init, k_run = _threefry.split(key)
     state = cbo.init(k_init, x0)
 
     def cond(carry):
@@ -335,7 +339,7 @@ def _minimize(cbo: CBO, key, x0, term: Termination):
 
     def body(carry):
         key, state = carry
-        key, sub = jax.random.split(key)
+        key, sub = _threefry.split(key)
         old_best = state.best_energy
         state, _ = cbo.step(sub, state)
         improved = state.best_energy < old_best - term.min_delta

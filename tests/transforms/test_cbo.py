@@ -223,3 +223,29 @@ def test_consensus_drift_aligns_with_negative_gradient():
     assert np.all(cos > 0.97), cos
     ratio = np.linalg.norm(drifts, axis=-1) / (alpha * s ** 2 * gnorm)
     assert np.all(np.abs(ratio - 1.0) < 0.25), ratio
+
+
+def test_unrolled_threefry_draws_the_same_numbers_as_jax_random():
+    """CBO's noise comes from transforms/_threefry.py: it must be jax.random's stream exactly
+    (same keys, same bits, same normals), eagerly, under jit and under vmap."""
+    from ppl.transforms import _threefry as T
+
+    data = jax.random.key_data
+    for seed in (0, 7):
+        k = jax.random.key(seed)
+        for shape in [(1,), (7,), (100, 10), (3, 4, 5)]:
+            np.testing.assert_array_equal(T.normal(k, shape), jax.random.normal(k, shape))
+            np.testing.assert_array_equal(jax.jit(T.bits, static_argnums=1)(k, shape),
+                                          jax.random.bits(k, shape))
+        for n in (2, 3):
+            np.testing.assert_array_equal(data(T.split(k, n)), data(jax.random.split(k, n)))
+    ks = jax.random.split(jax.random.key(3), 5)
+    np.testing.assert_array_equal(jax.jit(jax.vmap(lambda k: T.normal(k, (4, 3))))(ks),
+                                  jax.vmap(lambda k: jax.random.normal(k, (4, 3)))(ks))
+    np.testing.assert_array_equal(data(jax.vmap(lambda k: T.split(k, 3))(ks)),
+                                  data(jax.vmap(lambda k: jax.random.split(k, 3))(ks)))
+    # other key implementations fall back to jax.random itself
+    kr = jax.random.key(0, impl="rbg")
+    np.testing.assert_array_equal(T.normal(kr, (5,)), jax.random.normal(kr, (5,)))
+    # negative control: a different key gives different numbers
+    assert not np.array_equal(T.normal(jax.random.key(1), (5,)), jax.random.normal(jax.random.key(0), (5,)))
