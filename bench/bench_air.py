@@ -10,9 +10,7 @@ import time
 import jax
 import optax
 
-from ppl.models import _tasks, air, data
-from ppl.transforms import expectation
-from ppl.transforms import objectives as O
+from ppl.models import air, data
 from ppl.transforms.fit import fit
 
 
@@ -27,10 +25,10 @@ def main():
     p = air.init_params(jax.random.key(1), cfg)
     print(f"{'estimator':8s} {'s per ' + str(a.steps) + ' steps incl. compile':>30s} {'count acc':>9s}")
     for label, est in air.estimator_presets().items():
-        loss = _tasks.make_loss(expectation(O.elbo(air.model, air.guide), estimators=est), air.model_args,
-                                air.guide_args, per_example=True, binarized=False)
+        loss = air.make_loss(est, cfg)
+        params = {**p, "baseline": air.init_baseline(jax.random.key(3), cfg)} if label == "score-baseline" else p
         t = time.perf_counter()
-        r = fit(loss, optax.adam(1e-3), p, key=jax.random.key(2), num_steps=a.steps, data=x, batch_size=a.batch,
+        r = fit(loss, optax.adam(1e-3), params, key=jax.random.key(2), num_steps=a.steps, data=x, batch_size=a.batch,
                 chunk=a.steps, progress=False)
         total = time.perf_counter() - t  # includes the compilation of fit's chunk
         acc = float(air.count_accuracy(jax.random.key(4), r.params, x[:300], c[:300]))

@@ -14,10 +14,23 @@ read from the canvas at ``where`` (inverse transformer).
 Sites: ``("present", i)`` (TFP Bernoulli, float values: ScoreFunction by default; Enum, MVD,
 LeaveOneOut apply), ``("where", i)`` and ``("what", i)`` (Normal, Reparam by default).
 :func:`hybrid_estimators` mixes estimators per step as in the PLDI 2024 paper's AIR figure.
+
+Training: :func:`make_loss` is minus the ELBO per canvas; with a learned baseline
+(:func:`init_baseline`, ``params["baseline"]``) every ``Baseline`` estimator it is given gets
+``b(x)``, an MLP of the canvas trained towards ``E[ELBO | x]`` (the ``"score-baseline"``
+preset; Pyro's AIR also gives its score-function presence terms a learned baseline).
+
+Why ``prior_present = 0.3`` (not 0.5): in this augmented model the ``where``/``what`` terms
+of a step are paid whether or not it is present, so at 0.5 an invisible object (a blank
+glimpse) costs nothing and Enum training settles on "3 objects everywhere" (count accuracy
+about 0.52 after 5000 steps, most 1- and 2-digit canvases counted as 3). Below 0.5 each present
+step costs ``log((1 - p) / p)`` nats and extra objects are switched off (0.63-0.94 after 5000
+steps, depending on the seed; 0.1 and 0.2 undercount). See BENCHMARKS.md (AIR curves).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -27,14 +40,17 @@ from tensorflow_probability.substrates import jax as tfp
 
 import ppl
 
-from ppl.estimators import MVD, Enum
+from ppl.estimators import MVD, Baseline, Enum
+from ppl.transforms import expectation
+from ppl.transforms import objectives as O
+
 from .nets import dense_apply, dense_init, mlp_apply, mlp_init
 
 tfd = tfp.distributions
 
 __all__ = ["AIRConfig", "make_canvases", "init_params", "model", "guide", "model_args", "guide_args",
            "elbo", "count_accuracy", "infer", "hybrid_estimators", "estimator_presets", "plot_boxes",
-           "place", "extract"]
+           "place", "extract", "init_baseline", "make_loss"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +61,7 @@ class AIRConfig:
     z_what: int = 6
     hidden: int = 64
     obs_scale: float = 0.3
-    prior_present: float = 0.5
+    prior_present: float = 0.3  # per step; 0.5 lets blank objects stand in for absent ones
 
 
 def _bilinear(img, py, px):
@@ -195,6 +211,45 @@ def count_accuracy(key, params, x, counts):
     return jnp.mean(infer(key, params, x)[1] == counts)
 
 
+def init_baseline(key, cfg: AIRConfig = AIRConfig()) -> list:
+    """A learned baseline ``b(x)``: an MLP canvas -> hidden -> 1, starting at 0 (``params["baseline"]``)."""
+    return mlp_init(key, [cfg.canvas**2, cfg.hidden, 1], final_scale=0.0)
+
+
+def make_loss(estimators=None, cfg: AIRConfig = AIRConfig()):
+    """``loss(key, params, batch)`` for ``fit``: minus the ELBO, one objective per canvas, averaged.
+
+    ``estimators``: the presence mapping (a preset). If ``params`` has a ``"baseline"`` entry
+    (:func:`init_baseline`), each :class:`Baseline` in ``estimators`` gets the value
+    ``b(x)`` for its canvas (a function of the data only, so the estimate stays unbiased; ADEV
+    holds it constant), and ``b`` is trained towards the ELBO by the squared error
+    ``(ELBO - b(x))^2 / 2``, whose gradient is added but whose value is not: the loss reported
+    is minus the ELBO either way.
+    """
+    estimators = dict(estimators or {})
+    mdl = model if cfg == AIRConfig() else functools.partial(model, cfg=cfg)
+    gde = guide if cfg == AIRConfig() else functools.partial(guide, cfg=cfg)
+    objective = O.elbo(mdl, gde)
+
+    def one(key, params, xi):
+        xi = xi[None]
+        if "baseline" not in params:
+            E = expectation(objective, estimators=estimators)
+            return E.estimate(key, (params["theta"], xi), (params["phi"], xi)), 0.0
+        b = mlp_apply(params["baseline"], xi)[0, 0]
+        est = {a: dataclasses.replace(e, value=jax.lax.stop_gradient(b)) if isinstance(e, Baseline) else e
+               for a, e in estimators.items()}
+        v = expectation(objective, estimators=est).estimate(key, (params["theta"], xi), (params["phi"], xi))
+        return v, 0.5 * (jax.lax.stop_gradient(v) - b) ** 2
+
+    def loss(key, params, batch):
+        v, sq = jax.vmap(one, (0, None, 0))(jax.random.split(key, batch.shape[0]), params, batch)
+        sq = jnp.mean(sq)
+        return -jnp.mean(v) + (sq - jax.lax.stop_gradient(sq))
+
+    return loss
+
+
 def hybrid_estimators() -> dict:
     """Enum for the first presence, MVD for the later ones (a per-step mix; where/what Reparam)."""
     return {("present", 0): Enum(), ("present", 1): MVD(),
@@ -202,10 +257,16 @@ def hybrid_estimators() -> dict:
 
 
 def estimator_presets() -> dict:
-    """``{label: estimators mapping}`` for the presence sites, as compared in the benchmarks."""
+    """``{label: estimators mapping}`` for the presence sites, as compared in the benchmarks.
+
+    ``"score-baseline"`` is ScoreFunction around a :class:`Baseline` whose value
+    :func:`make_loss` sets to the learned ``b(x)`` when ``params`` has one (without it, ``b = 0``
+    and the preset is plain ``"score"``).
+    """
     from ppl.transforms import ScoreFunction
 
     return {"score": {"present": ScoreFunction()},
+            "score-baseline": {"present": Baseline(ScoreFunction())},
             "enum": {"present": Enum()}, "mvd": {"present": MVD()},
             "hybrid": hybrid_estimators()}
 
