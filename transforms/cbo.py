@@ -249,10 +249,18 @@ class CBO:
 
     def step(self, key, state: CBOState) -> tuple[CBOState, CBOInfo]:
         """One CBO step: evaluate, form the consensus, move every particle, anneal alpha."""
+        shape = state.x.shape
+        new, info = self._step_flat(key, state._replace(x=state.x.reshape(-1)), shape)
+        return new._replace(x=new.x.reshape(shape)), info
+
+    def _step_flat(self, key, state: CBOState, shape) -> tuple[CBOState, CBOInfo]:
+        # `step` on a state whose particles are flattened to (N * d,). The particle move is an
+        # elementwise fusion (noise draw included) that XLA:CPU emits several times faster over
+        # a long flat axis than over (N, d) with a small d, so `minimize` carries x flat.
         cfg = self.config
         k_sel, k_eval, k_noise = _threefry.split(key, 3)
-        x = state.x
-        n, d = x.shape
+        n, d = shape
+        x = state.x.reshape(shape)
         if self.particle_batch_size is None:
             idx, x_eval = None, x      # every particle: no gather/scatter (slow on CPU)
         else:
@@ -263,13 +271,13 @@ class CBO:
         e = jnp.where(ok, raw, jnp.inf)
         any_ok = jnp.any(ok)
         c = jnp.where(any_ok, consensus(x_eval, e, state.alpha), state.consensus)
-        diff = x - c
-        xi = _increments(k_noise, x.shape, x.dtype, self.increments)
+        diff = state.x - jnp.tile(c, n)
+        xi = _increments(k_noise, (n * d,), state.x.dtype, self.increments)
         if self.noise == ISOTROPIC:
-            scale = jnp.linalg.norm(diff, axis=-1, keepdims=True)
+            scale = jnp.repeat(jnp.linalg.norm(diff.reshape(shape), axis=-1), d)
         else:
             scale = diff
-        x_new = x - cfg.lam * cfg.dt * diff + cfg.sigma * jnp.sqrt(cfg.dt) * scale * xi
+        x_new = state.x - cfg.lam * cfg.dt * diff + cfg.sigma * jnp.sqrt(cfg.dt) * scale * xi
         i = jnp.argmin(e)
         better = e[i] < state.best_energy
         alpha_new = jnp.minimum(state.alpha * cfg.alpha_factor, cfg.alpha_max)
@@ -316,7 +324,7 @@ def _is_traced(tree) -> bool:
 
 
 def _reason(cbo: CBO, state: CBOState, term: Termination):
-    per_step = cbo.evals_per_step(state.x.shape[0])
+    per_step = cbo.evals_per_step(state.energy.shape[0])
     conds = [state.nonfinite, state.best_energy <= term.energy_tol,
              state.num_evals + per_step > term.max_evals, state.stall >= term.patience,
              state.step >= term.max_steps]
@@ -332,18 +340,35 @@ def _reason(cbo: CBO, state: CBOState, term: Termination):
 def _minimize(cbo: CBO, key, x0, term: Termination):
     k_init, k_run = _threefry.split(key)
     state = cbo.init(k_init, x0)
+    shape = state.x.shape
 
     def cond(carry):
         _, state = carry
         return _reason(cbo, state, term) == Reason.RUNNING
 
-    def body(carry):
-        key, state = carry
-        key, sub = _threefry.split(key)
-        old_best = state.best_energy
-        state, _ = cbo.step(sub, state)
-        improved = state.best_energy < old_best - term.min_delta
-        return key, state._replace(stall=jnp.where(improved, 0, state.stall + 1))
+    def body(step):
+        def run(carry):
+            key, state = carry
+            key, sub = _threefry.split(key)
+            old_best = state.best_energy
+            state, _ = step(sub, state)
+            improved = state.best_energy < old_best - term.min_delta
+            return key, state._replace(stall=jnp.where(improved, 0, state.stall + 1))
+        return run
 
-    _, state = jax.lax.while_loop(cond, body, (k_run, state))
+    if _flat_carry(shape[1]):
+        flat = state._replace(x=state.x.reshape(-1))
+        step = lambda k, st: cbo._step_flat(k, st, shape)
+        _, state = jax.lax.while_loop(cond, body(step), (k_run, flat))
+        state = state._replace(x=state.x.reshape(shape))
+    else:
+        _, state = jax.lax.while_loop(cond, body(cbo.step), (k_run, state))
     return state, _reason(cbo, state, term)
+
+
+def _flat_carry(d: int) -> bool:
+    """Whether ``minimize`` carries the particles as one flat axis (measured on XLA:CPU: the
+    elementwise move is emitted over the minor axis and runs several times slower when that
+    axis is d = 6, 10, 30 than over N * d; with d = 1, 2, 4, 8, 16, ... the (N, d) layout is
+    as fast or faster). Results are identical either way."""
+    return d % 8 != 0 and d not in (1, 2, 4)

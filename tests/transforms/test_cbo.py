@@ -249,3 +249,23 @@ def test_unrolled_threefry_draws_the_same_numbers_as_jax_random():
     np.testing.assert_array_equal(T.normal(kr, (5,)), jax.random.normal(kr, (5,)))
     # negative control: a different key gives different numbers
     assert not np.array_equal(T.normal(jax.random.key(1), (5,)), jax.random.normal(jax.random.key(0), (5,)))
+
+
+@pytest.mark.parametrize("d", [2, 3])   # minimize carries (N, d) for d=2 and a flat axis for d=3
+def test_minimize_equals_a_python_loop_of_step(d):
+    from ppl.transforms import _threefry as T
+
+    cbo = C.CBO(lambda x: jnp.sum((x - 0.5) ** 2), C.CBOConfig(dt=0.05, sigma=0.8),
+                noise=C.ISOTROPIC if d == 3 else C.ANISOTROPIC)
+    x0 = jax.random.normal(jax.random.key(1), (12, d))
+    key = jax.random.key(2)
+    state, reason = cbo.minimize(key, x0, C.Termination(max_steps=7))
+    k_init, k = T.split(key)
+    ref = cbo.init(k_init, x0)
+    step = jax.jit(cbo.step)
+    for _ in range(7):
+        k, sub = T.split(k)
+        ref, _ = step(sub, ref)
+    assert int(reason) == C.Reason.MAX_STEPS and int(state.step) == 7
+    np.testing.assert_allclose(state.x, ref.x, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(state.consensus, ref.consensus, rtol=1e-6, atol=1e-6)
