@@ -20,12 +20,14 @@ Training: :func:`make_loss` is minus the ELBO per canvas; with a learned baselin
 ``b(x)``, an MLP of the canvas trained towards ``E[ELBO | x]`` (the ``"score-baseline"``
 preset; Pyro's AIR also gives its score-function presence terms a learned baseline).
 
-Why ``prior_present = 0.3`` (not 0.5): in this augmented model the ``where``/``what`` terms
-of a step are paid whether or not it is present, so at 0.5 an invisible object (a blank
-glimpse) costs nothing and Enum training settles on "3 objects everywhere" (count accuracy
-about 0.52 after 5000 steps, most 1- and 2-digit canvases counted as 3). Below 0.5 each present
-step costs ``log((1 - p) / p)`` nats and extra objects are switched off (0.63-0.94 after 5000
-steps, depending on the seed; 0.1 and 0.2 undercount). See BENCHMARKS.md (AIR curves).
+Why ``prior_present = 0.3`` (it was 0.5): in this augmented model a step's ``where``/``what``
+terms are paid whether or not the step is present, so at 0.5 a blank object costs nothing
+against an absent one, and Enum training (5000 steps, batch 32, Adam 1e-3) settled on too many
+objects: held-out count accuracy 0.53, 1- and 2-digit canvases counted as 2 or 3 (0.4: 0.57).
+Below 0.5 each present step costs ``log((1 - p) / p)`` nats: 0.3 gave 0.94 (0.62 with another
+seed, which never uses a third object), 0.2 gave 0.78 and 0.1 0.63 after 3000 steps (too
+few objects).
+``bench/bench_air_curves.py`` records the curves per estimator.
 """
 from __future__ import annotations
 
