@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_air.py [--steps 100] [--batch 32]
 
-Pyro comparison: not done (see BENCHMARKS_issue5.md).
+Pyro comparison (TraceGraph_ELBO, TraceEnum_ELBO on the same data, sizes and initial parameters):
+``bench/bench_air_pyro.py``.
 """
 import argparse
 import time
