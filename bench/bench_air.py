@@ -1,4 +1,4 @@
-"""AIR: seconds per fixed number of training steps, per presence estimator (compile reported apart).
+"""AIR: seconds per fixed number of training steps, per presence estimator (compilation included).
 
     .venv/bin/python bench/bench_air.py [--steps 100] [--batch 32]
 
