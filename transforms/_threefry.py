@@ -12,7 +12,7 @@ Threefry keys with ``jax_threefry_partitionable`` on (JAX's default): the same c
 key schedule (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3"), the same
 bits-to-float map and the same inverse-error-function transform; ``tests/transforms/test_cbo.py``
 checks bit equality. Anything else (other key implementations, other dtypes, the
-non-partitionable layout, more than 2**32 elements) falls back to ``jax.random.normal``.
+non-partitionable layout, more than 2**32 elements) falls back to ``jax.random`` itself.
 """
 from __future__ import annotations
 
@@ -44,38 +44,43 @@ def threefry2x32(k0, k1, x0, x1):
     return x0, x1
 
 
-def _fast_path(key, shape, dtype) -> bool:
-    if np.dtype(dtype) != np.float32 or math.prod(shape) >= 2**32:
-        return False
-    if not jax.config.jax_threefry_partitionable:
+def _is_threefry(key, size: int) -> bool:
+    """Whether the unrolled hash reproduces jax.random for ``size`` numbers from ``key``."""
+    if size >= 2**32 or not jax.config.jax_threefry_partitionable:
         return False
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return False
     return str(jax.random.key_impl(key)) in ("threefry2x32", "fry")
 
 
-def bits(key, shape):
-    """``jax.random.bits(key, shape, uint32)`` for a Threefry key (see the module docstring)."""
+def _hash_counts(key, shape):
+    """The two Threefry output words for counters 0 .. prod(shape)-1, each of ``shape``."""
     data = jax.random.key_data(key)
     count = lax.iota(np.uint32, math.prod(shape)).reshape(shape)
-    b0, b1 = threefry2x32(data[..., 0], data[..., 1], jnp.zeros_like(count), count)
+    return threefry2x32(data[..., 0], data[..., 1], jnp.zeros_like(count), count)
+
+
+def bits(key, shape):
+    """``jax.random.bits(key, shape, uint32)`` (see the module docstring)."""
+    shape = tuple(shape)
+    if not _is_threefry(key, math.prod(shape)):
+        return jax.random.bits(key, shape, jnp.uint32)
+    b0, b1 = _hash_counts(key, shape)
     return b0 ^ b1
 
 
 def split(key, num: int = 2):
     """``jax.random.split(key, num)`` (same keys) with the hash unrolled."""
-    if not _fast_path(key, (num,), np.float32):
+    if not _is_threefry(key, num):
         return jax.random.split(key, num)
-    data = jax.random.key_data(key)
-    count = lax.iota(np.uint32, num)
-    b0, b1 = threefry2x32(data[..., 0], data[..., 1], jnp.zeros_like(count), count)
+    b0, b1 = _hash_counts(key, (num,))
     return jax.random.wrap_key_data(jnp.stack([b0, b1], axis=-1), impl=jax.random.key_impl(key))
 
 
 def normal(key, shape, dtype=jnp.float32):
     """Standard normal draws equal to ``jax.random.normal(key, shape, dtype)``."""
     shape = tuple(shape)
-    if not _fast_path(key, shape, dtype):
+    if np.dtype(dtype) != np.float32 or not _is_threefry(key, math.prod(shape)):
         return jax.random.normal(key, shape, dtype)
     lo = np.nextafter(np.float32(-1.0), np.float32(0.0), dtype=np.float32)
     b = bits(key, shape)

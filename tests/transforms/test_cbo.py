@@ -247,6 +247,7 @@ def test_unrolled_threefry_draws_the_same_numbers_as_jax_random():
     # other key implementations fall back to jax.random itself
     kr = jax.random.key(0, impl="rbg")
     np.testing.assert_array_equal(T.normal(kr, (5,)), jax.random.normal(kr, (5,)))
+    np.testing.assert_array_equal(T.bits(kr, (5,)), jax.random.bits(kr, (5,)))
     # negative control: a different key gives different numbers
     assert not np.array_equal(T.normal(jax.random.key(1), (5,)), jax.random.normal(jax.random.key(0), (5,)))
 
