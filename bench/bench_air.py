@@ -32,7 +32,7 @@ def main():
         r = fit(loss, optax.adam(1e-3), params, key=jax.random.key(2), num_steps=a.steps, data=x, batch_size=a.batch,
                 chunk=a.steps, progress=False)
         total = time.perf_counter() - t  # includes the compilation of fit's chunk
-        acc = float(air.count_accuracy(jax.random.key(4), r.params, x[:300], c[:300]))
+        acc = float(air.count_accuracy(jax.random.key(4), r.params, x[:300], c[:300], cfg))
         print(f"{label:8s} {total:30.1f} {acc:9.3f}", flush=True)
 
 

@@ -41,8 +41,8 @@ class _OutOfTime(Exception):
     pass
 
 
-def _evaluate(params, x, counts, key):
-    lw, n, _ = air.infer(key, params, x)
+def _evaluate(params, x, counts, key, cfg):
+    lw, n, _ = air.infer(key, params, x, cfg)
     n, counts = np.asarray(n).astype(int), np.asarray(counts)
     confusion = np.zeros((4, 4), int)
     np.add.at(confusion, (counts, np.clip(n, 0, 3)), 1)
@@ -56,7 +56,7 @@ def run_one(label, est, p0, cfg, x, xt, ct, a):
         params["baseline"] = air.init_baseline(jax.random.key(100 + a.seed), cfg)
     loss = air.make_loss(est, cfg)
     eval_key = jax.random.key(7)
-    e0, acc0, _ = _evaluate(params, xt, ct, eval_key)
+    e0, acc0, _ = _evaluate(params, xt, ct, eval_key, cfg)
     points = [{"step": 0, "seconds": 0.0, "train_elbo": None, "test_elbo": e0, "count_accuracy": acc0}]
     chunks: list[float] = []  # raw wall-clock seconds of each chunk (the first includes compilation)
     last = {"t": time.perf_counter(), "state": None}
@@ -67,7 +67,7 @@ def run_one(label, est, p0, cfg, x, xt, ct, a):
     def callback(step, state, losses):
         chunks.append(time.perf_counter() - last["t"])
         last["state"] = state
-        e, acc, conf = _evaluate(state.params, xt, ct, eval_key)
+        e, acc, conf = _evaluate(state.params, xt, ct, eval_key, cfg)
         points.append({"step": int(step), "seconds": None, "train_elbo": float(-np.mean(losses)),
                        "test_elbo": e, "count_accuracy": acc})
         last["confusion"] = conf.tolist()

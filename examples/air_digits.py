@@ -26,13 +26,13 @@ def main():
     x, c = air.make_canvases(jax.random.key(0), ds.images(ds.x_train), 2000, cfg)
     xt, ct = air.make_canvases(jax.random.key(1), ds.images(ds.x_test), 300, cfg)
     params = air.init_params(jax.random.key(2), cfg)
-    E = expectation(O.elbo(air.model, air.guide), estimators=air.estimator_presets()[a.presence])
+    E = expectation(O.elbo(*air.programs(cfg)), estimators=air.estimator_presets()[a.presence])
     print(E.plan((params["theta"], x[:1]), (params["phi"], x[:1])))
     loss = _tasks.make_loss(E, air.model_args, air.guide_args, per_example=True, binarized=False)
     res = fit(loss, optax.adam(1e-3), params, key=jax.random.key(3), num_steps=a.steps, data=x,
               batch_size=4 if a.tiny else 32, chunk=min(100, max(a.steps, 1)))
-    print(f"test ELBO {float(air.elbo(jax.random.key(4), res.params, xt)):.2f}  "
-          f"count accuracy {float(air.count_accuracy(jax.random.key(5), res.params, xt, ct)):.3f}")
+    print(f"test ELBO {float(air.elbo(jax.random.key(4), res.params, xt, cfg)):.2f}  "
+          f"count accuracy {float(air.count_accuracy(jax.random.key(5), res.params, xt, ct, cfg)):.3f}")
     os.makedirs(a.out, exist_ok=True)
     print(_plots.learning_curve(os.path.join(a.out, "air_learning_curve.png"), res.history))
     print(air.plot_boxes(os.path.join(a.out, "air_boxes.png"), res.params, xt[:8], ct[:8], cfg))

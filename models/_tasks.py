@@ -133,15 +133,15 @@ def air(args, ds):
 
     def metrics(key, params):
         k1, k2 = jax.random.split(key)
-        return {"test_elbo": float(A.elbo(k1, params, x_test)),
-                "count_accuracy": float(A.count_accuracy(k2, params, x_test, c_test))}
+        return {"test_elbo": float(A.elbo(k1, params, x_test, cfg)),
+                "count_accuracy": float(A.count_accuracy(k2, params, x_test, c_test, cfg))}
 
     def plots(out, params, history):
         xs = x_test[:8]
         return [_plots.learning_curve(os.path.join(out, "learning_curve.png"), history),
                 A.plot_boxes(os.path.join(out, "boxes.png"), params, xs, c_test[:8], cfg)]
 
-    return Task(f"{ds.name} canvases ({cfg.canvas}x{cfg.canvas}, 0-{cfg.max_steps} digits)", A.model, A.guide,
+    return Task(f"{ds.name} canvases ({cfg.canvas}x{cfg.canvas}, 0-{cfg.max_steps} digits)", *A.programs(cfg),
                 x_train, lambda key: A.init_params(key, cfg),
                 lambda E: make_loss(E, A.model_args, A.guide_args, per_example=True, binarized=False),
                 _plan_fn(ma, ga, x_test[:1], True), metrics, plots)

@@ -102,6 +102,73 @@ def test_dvae_rejects_reparam_on_bernoulli_latents():
 
 # --- AIR -----------------------------------------------------------------------------------------
 
+def _bilinear_by_neighbours(img, py, px):
+    """Reference: read the four neighbours of each sampling point (pixels outside weigh 0)."""
+    h, w = img.shape
+    py, px = py[:, None], px[None, :]
+    y0, x0 = jnp.floor(py), jnp.floor(px)
+    out = 0.0
+    for yy in (y0, y0 + 1):
+        for xx in (x0, x0 + 1):
+            wgt = (1 - jnp.abs(py - yy)) * (1 - jnp.abs(px - xx))
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            val = img[jnp.clip(yy, 0, h - 1).astype(jnp.int32), jnp.clip(xx, 0, w - 1).astype(jnp.int32)]
+            out = out + jnp.where(inside, wgt * val, 0.0)
+    return out
+
+
+def test_air_transformer_matches_neighbour_sampling_values_and_gradients():
+    from ppl.models import air
+
+    img = jax.random.uniform(jax.random.key(0), (8, 8))
+    canvas = jax.random.uniform(jax.random.key(1), (16, 16))
+    where = jnp.array([0.7, -0.9, 1.3])  # scale 0.57, shifted so the glimpse leaves the canvas
+
+    def place_ref(g, w):
+        s, tx, ty = air._affine(w)
+        px = ((air._grid(16) - tx) / s + 1.0) * 4 - 0.5
+        py = ((air._grid(16) - ty) / s + 1.0) * 4 - 0.5
+        return _bilinear_by_neighbours(g, py, px)
+
+    def extract_ref(c, w):
+        s, tx, ty = air._affine(w)
+        px = (air._grid(8) * s + tx + 1.0) * 8 - 0.5
+        py = (air._grid(8) * s + ty + 1.0) * 8 - 0.5
+        return _bilinear_by_neighbours(c, py, px)
+
+    np.testing.assert_allclose(air.place(img, where, 16), place_ref(img, where), atol=1e-6)
+    np.testing.assert_allclose(air.extract(canvas, where, 8), extract_ref(canvas, where), atol=1e-6)
+    r = jax.random.normal(jax.random.key(2), (16, 16))
+    for ours, ref, arg in ((lambda g, w: air.place(g, w, 16), place_ref, img),
+                           (lambda c, w: air.extract(c, w, 8), extract_ref, canvas)):
+        weight = r[:ours(arg, where).shape[0], :ours(arg, where).shape[1]]
+        g1 = jax.grad(lambda a, w: jnp.sum(weight * ours(a, w)), argnums=(0, 1))(arg, where)
+        g2 = jax.grad(lambda a, w: jnp.sum(weight * ref(a, w)), argnums=(0, 1))(arg, where)
+        for a, b in zip(g1, g2):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_air_evaluation_uses_the_config_and_rejects_a_mismatch(digits):
+    from ppl.models import air
+
+    cfg = air.AIRConfig(hidden=16, max_steps=2, prior_present=0.1)
+    x, _ = air.make_canvases(jax.random.key(0), digits.images(digits.x_train), 8, cfg)
+    p = air.init_params(jax.random.key(1), cfg)
+    lw, n, where = air.infer(jax.random.key(2), p, x, cfg)
+    assert where.shape == (8, 2, 3) and int(jnp.max(n)) <= 2
+    # the same draws scored by the config's model: log p(x, z) - log q(z) with its own prior
+    mdl, gde = air.programs(cfg)
+    k = jax.random.split(jax.random.key(2), 8)[0]
+    import ppl
+    tr = ppl.simulate(gde)(k, p["phi"], x[:1])
+    lp, _ = ppl.assess(mdl)(tr.choices, p["theta"], x[:1])
+    np.testing.assert_allclose(lw[0], lp - tr.score, rtol=1e-5)
+    with pytest.raises(ValueError, match="hidden"):
+        air.elbo(jax.random.key(2), p, x)  # default config: hidden 64, the parameters have 16
+    with pytest.raises(ValueError, match="hidden"):
+        air.make_loss(None)(jax.random.key(0), p, x)
+
+
 def test_air_transformer_roundtrip_and_steps(digits):
     from ppl.models import _tasks, air
 
@@ -114,14 +181,14 @@ def test_air_transformer_roundtrip_and_steps(digits):
     x, counts = air.make_canvases(jax.random.key(0), digits.images(digits.x_train), 64, cfg)
     assert x.shape == (64, 256) and set(np.asarray(counts).tolist()) <= {0, 1, 2, 3}
     p0 = air.init_params(jax.random.key(1), cfg)
-    E = expectation(O.elbo(air.model, air.guide))
+    E = expectation(O.elbo(*air.programs(cfg)))
     plan = E.plan((p0["theta"], x[:1]), (p0["phi"], x[:1]))
     assert len(plan.rows) == 9
     loss = _tasks.make_loss(E, air.model_args, air.guide_args, per_example=True, binarized=False)
     res = fit(loss, optax.adam(1e-3), p0, key=jax.random.key(2), num_steps=3, data=x, batch_size=4, chunk=3,
               progress=False)
     assert np.all(np.isfinite(res.history))
-    assert 0.0 <= float(air.count_accuracy(jax.random.key(3), res.params, x, counts)) <= 1.0
+    assert 0.0 <= float(air.count_accuracy(jax.random.key(3), res.params, x, counts, cfg)) <= 1.0
 
 
 # --- the main command ----------------------------------------------------------------------------
