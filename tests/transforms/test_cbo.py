@@ -51,10 +51,16 @@ def test_consensus_matches_hand_computation():
 
 @pytest.mark.parametrize("increments", [C.GAUSSIAN, C.RADEMACHER])
 def test_converges_on_convex_quadratic(key, increments):
+    # The ensemble collapses onto a random point near the minimizer: over 800 runs (both
+    # increments) its max-norm error had median 0.033, 90% quantile 0.066 and maximum 0.15
+    # (0.02, the old single-run tolerance, failed ~80% of seeds). With 16 runs a median above
+    # 0.08 (P(error > 0.08) ~ 0.04 per run) has probability < 1e-6; the start is ~3 away.
     cbo = C.CBO(quadratic, C.CBOConfig(dt=0.05, sigma=0.5, alpha=30.0), increments=increments)
-    state, reason = cbo.minimize(key, particles(1), C.Termination(max_steps=300))
-    assert reason == C.Reason.MAX_STEPS
-    np.testing.assert_allclose(state.consensus, [0.5, 0.5], atol=0.02)
+    run = lambda k: cbo.minimize(k, particles(1), C.Termination(max_steps=300))
+    state, reason = jax.vmap(run)(jax.random.split(key, 16))
+    assert np.all(reason == C.Reason.MAX_STEPS)
+    err = np.max(np.abs(np.asarray(state.consensus) - 0.5), axis=-1)
+    assert np.median(err) < 0.08 and np.all(err < 0.25), err
 
 
 def test_rastrigin_2d_vmapped_runs_all_succeed_and_match_single_runs():
