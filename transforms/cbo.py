@@ -121,9 +121,12 @@ def consensus(x: jax.Array, energy: jax.Array, alpha) -> jax.Array:
 
     Particles with ``energy = inf`` get weight zero; if all are inf the result is NaN.
     """
+    return _weights(energy, alpha) @ x
+
+
+def _weights(energy, alpha):
     logw = -alpha * energy
-    w = jnp.exp(logw - jax.scipy.special.logsumexp(logw))
-    return jnp.einsum("n,nd->d", w, x)
+    return jnp.exp(logw - jax.scipy.special.logsumexp(logw))
 
 
 @jax.tree_util.register_dataclass
@@ -175,7 +178,7 @@ class CBO:
     def _num_data(self):
         return jax.tree_util.tree_leaves(self.data)[0].shape[0]
 
-    def _energies(self, key, x):
+    def _energies(self, key, x, axis=0):
         k_obj, k_data = _threefry.split(key)
         args = ()
         if self.data is not None:
@@ -189,7 +192,7 @@ class CBO:
             f = lambda xi: self.objective(k_obj, xi, *args)
         else:
             f = lambda xi: self.objective(xi, *args)
-        return jax.vmap(f)(x)
+        return jax.vmap(f, in_axes=axis)(x)
 
     def _check_inputs(self, x0, check_objective=True):
         if self.data is not None:
@@ -249,32 +252,35 @@ class CBO:
 
     def step(self, key, state: CBOState) -> tuple[CBOState, CBOInfo]:
         """One CBO step: evaluate, form the consensus, move every particle, anneal alpha."""
-        shape = state.x.shape
-        new, info = self._step_flat(key, state._replace(x=state.x.reshape(-1)), shape)
-        return new._replace(x=new.x.reshape(shape)), info
+        n, d = state.x.shape
+        new, info = self._step_flat(key, state._replace(x=state.x.T.reshape(-1)), (d, n))
+        return new._replace(x=new.x.reshape(d, n).T), info
 
     def _step_flat(self, key, state: CBOState, shape) -> tuple[CBOState, CBOInfo]:
-        # `step` on a state whose particles are flattened to (N * d,). The particle move is an
-        # elementwise fusion (noise draw included) that XLA:CPU emits several times faster over
-        # a long flat axis than over (N, d) with a small d, so `minimize` carries x flat.
+        # `step` on a state whose particles are stored flat and coordinate-major,
+        # x = x.T.reshape(-1) of shape (d * N,), viewed as (d, N) where needed. XLA:CPU emits
+        # elementwise work over the minor axis, which with (N, d) is the short d: here the
+        # particle move (noise draw included) runs over one flat axis and the objective,
+        # vmapped over axis 1 of (d, N), over N particles with its reduction over the major
+        # axis. `minimize` carries this layout.
         cfg = self.config
         k_sel, k_eval, k_noise = _threefry.split(key, 3)
-        n, d = shape
+        d, n = shape
         x = state.x.reshape(shape)
         if self.particle_batch_size is None:
             idx, x_eval = None, x      # every particle: no gather/scatter (slow on CPU)
         else:
             idx = jax.random.permutation(k_sel, n)[: self.particle_batch_size]
-            x_eval = x[idx]
-        raw = self._energies(k_eval, x_eval)
+            x_eval = x[:, idx]
+        raw = self._energies(k_eval, x_eval, axis=1)
         ok = jnp.isfinite(raw)
         e = jnp.where(ok, raw, jnp.inf)
         any_ok = jnp.any(ok)
-        c = jnp.where(any_ok, consensus(x_eval, e, state.alpha), state.consensus)
-        diff = state.x - jnp.tile(c, n)
+        c = jnp.where(any_ok, x_eval @ _weights(e, state.alpha), state.consensus)
+        diff = state.x - jnp.repeat(c, n)
         xi = _increments(k_noise, (n * d,), state.x.dtype, self.increments)
         if self.noise == ISOTROPIC:
-            scale = jnp.repeat(jnp.linalg.norm(diff.reshape(shape), axis=-1), d)
+            scale = jnp.tile(jnp.linalg.norm(diff.reshape(shape), axis=0), d)
         else:
             scale = diff
         x_new = state.x - cfg.lam * cfg.dt * diff + cfg.sigma * jnp.sqrt(cfg.dt) * scale * xi
@@ -284,9 +290,9 @@ class CBO:
         new = state._replace(
             x=x_new, energy=e if idx is None else state.energy.at[idx].set(e), consensus=c,
             alpha=alpha_new.astype(state.alpha.dtype),
-            best_x=jnp.where(better, x_eval[i], state.best_x),
+            best_x=jnp.where(better, x_eval[:, i], state.best_x),
             best_energy=jnp.where(better, e[i], state.best_energy),
-            step=state.step + 1, num_evals=state.num_evals + x_eval.shape[0],
+            step=state.step + 1, num_evals=state.num_evals + x_eval.shape[1],
             nonfinite=state.nonfinite | ~jnp.all(ok))
         return new, CBOInfo(min_energy=e[i], nonfinite=~jnp.all(ok), alpha=state.alpha)
 
@@ -340,7 +346,6 @@ def _reason(cbo: CBO, state: CBOState, term: Termination):
 def _minimize(cbo: CBO, key, x0, term: Termination):
     k_init, k_run = _threefry.split(key)
     state = cbo.init(k_init, x0)
-    shape = state.x.shape
 
     def cond(carry):
         _, state = carry
@@ -356,19 +361,9 @@ def _minimize(cbo: CBO, key, x0, term: Termination):
             return key, state._replace(stall=jnp.where(improved, 0, state.stall + 1))
         return run
 
-    if _flat_carry(shape[1]):
-        flat = state._replace(x=state.x.reshape(-1))
-        step = lambda k, st: cbo._step_flat(k, st, shape)
-        _, state = jax.lax.while_loop(cond, body(step), (k_run, flat))
-        state = state._replace(x=state.x.reshape(shape))
-    else:
-        _, state = jax.lax.while_loop(cond, body(cbo.step), (k_run, state))
+    n, d = state.x.shape
+    step = lambda k, st: cbo._step_flat(k, st, (d, n))   # see _step_flat for the layout
+    flat = state._replace(x=state.x.T.reshape(-1))
+    _, state = jax.lax.while_loop(cond, body(step), (k_run, flat))
+    state = state._replace(x=state.x.reshape(d, n).T)
     return state, _reason(cbo, state, term)
-
-
-def _flat_carry(d: int) -> bool:
-    """Whether ``minimize`` carries the particles as one flat axis (measured on XLA:CPU: the
-    elementwise move is emitted over the minor axis and runs several times slower when that
-    axis is d = 6, 10, 30 than over N * d; with d = 1, 2, 4, 8, 16, ... the (N, d) layout is
-    as fast or faster). Results are identical either way."""
-    return d % 8 != 0 and d not in (1, 2, 4)

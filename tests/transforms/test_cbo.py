@@ -261,7 +261,7 @@ def test_unrolled_threefry_draws_the_same_numbers_as_jax_random():
     assert not np.array_equal(T.normal(jax.random.key(1), (5,)), jax.random.normal(jax.random.key(0), (5,)))
 
 
-@pytest.mark.parametrize("d", [2, 3])   # minimize carries (N, d) for d=2 and a flat axis for d=3
+@pytest.mark.parametrize("d", [2, 3])   # minimize carries x.T flat; step converts per call
 def test_minimize_equals_a_python_loop_of_step(d):
     from ppl.transforms import _threefry as T
 
