@@ -1,25 +1,37 @@
 """Helpers shared by the estimators: many continuation calls in one trace, weighted sums."""
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 
-__all__ = ["call_many", "wsum", "bcast_like"]
+from ppl.transforms import EstimatorError
+
+__all__ = ["call_many", "wsum", "bcast_like", "check_batch_size"]
 
 
-def call_many(kont, keys, xs):
-    """``kont(keys[j], xs[j], None)`` for every ``j``, traced once with ``lax.map``.
+def check_batch_size(est, site):
+    b = est.batch_size
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+        raise EstimatorError(f"{type(est).__name__} at site {site.name!r}: batch_size={b!r}; it must be an "
+                             "integer >= 1 (1: one continuation call at a time; k: k calls vmapped together).")
+
+
+def call_many(kont, keys, xs, batch_size: int):
+    """``kont(keys[j], xs[j], None)`` for every ``j``, traced once.
 
     ``keys`` is one key (shared by every call: common random numbers downstream) or a stack
     of keys, one per call. Returns ``(outs, douts)``, lists of arrays with a leading axis.
-    ``lax.map`` runs the calls one after another in a loop: on the CPU it costs about m
-    evaluations of the continuation, where ``vmap`` costs up to twice that for large ones
-    (BENCHMARKS.md, enumeration).
+    ``batch_size`` calls run together: 1 is a ``lax.map`` loop, ``>= m`` one ``vmap``, in
+    between ``lax.map`` over vmapped groups (see :class:`Enum` for the costs).
     """
+    m = xs.shape[0]
     if keys.ndim == 0:  # one shared key
-        return jax.lax.map(lambda x: kont(keys, x, None), xs)
-    return jax.lax.map(lambda kx: kont(kx[0], kx[1], None), (keys, xs))
+        f, args = (lambda x: kont(keys, x, None)), xs
+    else:
+        f, args = (lambda kx: kont(kx[0], kx[1], None)), (keys, xs)
+    if batch_size >= m:
+        return jax.vmap(f)(args)
+    return jax.lax.map(f, args, batch_size=None if batch_size == 1 else batch_size)
 
 
 def wsum(w, outs):

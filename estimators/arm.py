@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 
 from ppl.transforms import Estimator, EstimatorError
-from ppl.transforms._estimator import estimator_dataclass
+from ppl.transforms._estimator import estimator_dataclass, static
 
-from ._util import call_many
+from ._util import call_many, check_batch_size
 
 __all__ = ["ARM", "DisARM"]
 
@@ -27,14 +27,14 @@ def _logits(site, shape, dtype):
     return site.jvp(lambda dd: dd.log_prob(one) - dd.log_prob(zero))
 
 
-def _antithetic(site, kont, key, pair):
+def _antithetic(site, kont, key, pair, batch_size):
     """Sample ``u``, build the pair ``(b1, b2)`` and weights ``w`` (per element), call ``kont``."""
     ku, kk = jax.random.split(key)
     shape, dtype = site.site.value_shape, site.site.dtype
     a, da = _logits(site, shape, dtype)
     u = jax.random.uniform(ku, shape, a.dtype)
     b1, b2, w = pair(u, a)
-    outs, douts = call_many(kont, kk, jnp.stack([b1, b2]).astype(dtype))
+    outs, douts = call_many(kont, kk, jnp.stack([b1, b2]).astype(dtype), batch_size)
     out = [o.mean(0) for o in outs]
     dout = [t.mean(0) for t in douts]
     if da is None:
@@ -53,14 +53,18 @@ class ARM(Estimator):
     tangent ``mean dk + (k(b1) - k(b2)) sum_i (u_i - 1/2) da_i``. The logits tangent ``da``
     comes from ``log p(1) - log p(0)`` (any parameterization, NumPyro or TFP).
     Preconditions: Bernoulli site. Variance: lower than the score function, higher than
-    DisARM (which Rao-Blackwellizes it).
+    DisARM (which Rao-Blackwellizes it). ``batch_size``: the default 2 vmaps the two calls,
+    1 runs them one after the other (see :class:`Enum`).
     """
 
+    batch_size: int = static(default=2)
+
     def check(self, site):
+        check_batch_size(self, site)
         _check_bernoulli(self, site)
 
     def jvp(self, key, site, kont):
-        return _antithetic(site, kont, key, lambda u, a: (u > jax.nn.sigmoid(-a), u < jax.nn.sigmoid(a), u - 0.5))
+        return _antithetic(site, kont, key, lambda u, a: (u > jax.nn.sigmoid(-a), u < jax.nn.sigmoid(a), u - 0.5), self.batch_size)
 
 
 @estimator_dataclass
@@ -71,10 +75,13 @@ class DisARM(Estimator):
     ``d/da_i E[k] = E[ 1/2 (k(b) - k(b~)) (-1)^{b~_i} 1[b_i != b~_i] sigmoid(|a_i|) ]``.
     Two continuation calls for the whole vector; value ``(k(b)+k(b~))/2``.
     Preconditions: Bernoulli site. Variance: never above ARM's; zero weight on elements
-    where the pair agrees.
+    where the pair agrees. ``batch_size``: as for :class:`ARM`.
     """
 
+    batch_size: int = static(default=2)
+
     def check(self, site):
+        check_batch_size(self, site)
         _check_bernoulli(self, site)
 
     def jvp(self, key, site, kont):
@@ -82,4 +89,4 @@ class DisARM(Estimator):
             b, bt = u < jax.nn.sigmoid(a), 1 - u < jax.nn.sigmoid(a)
             w = jnp.where(b != bt, jnp.where(bt, -1.0, 1.0) * jax.nn.sigmoid(jnp.abs(a)), 0.0)
             return b, bt, 0.5 * w
-        return _antithetic(site, kont, key, pair)
+        return _antithetic(site, kont, key, pair, self.batch_size)

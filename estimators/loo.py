@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from ppl.transforms import Estimator, EstimatorError
 from ppl.transforms._estimator import estimator_dataclass, static
 
-from ._util import call_many, wsum
+from ._util import call_many, check_batch_size, wsum
 
 __all__ = ["LeaveOneOut"]
 
@@ -24,12 +24,15 @@ class LeaveOneOut(Estimator):
 
     Preconditions: ``num_samples >= 2``; any distribution with a density. Variance: below
     ``n`` averaged plain score-function estimates when ``E[k]`` is large compared with its
-    spread; costs ``n`` continuation calls.
+    spread; costs ``n`` continuation calls. ``batch_size``: continuation calls vmapped together
+    (default 2, in pairs; see :class:`Enum`).
     """
 
     num_samples: int = static(default=4)
+    batch_size: int = static(default=2)
 
     def check(self, site):
+        check_batch_size(self, site)
         if self.num_samples < 2:
             raise EstimatorError(f"LeaveOneOut at site {site.name!r}: num_samples={self.num_samples}; "
                                  "a leave-one-out baseline needs num_samples >= 2 (use ScoreFunction() for one sample).")
@@ -39,7 +42,7 @@ class LeaveOneOut(Estimator):
         k1, k2 = jax.random.split(key)
         d = site.dist()
         xs = jax.vmap(d.sample)(jax.random.split(k1, n))
-        outs, douts = call_many(kont, jax.random.split(k2, n), xs)
+        outs, douts = call_many(kont, jax.random.split(k2, n), xs, self.batch_size)
         w = jnp.full((n,), 1.0 / n)
         out, dout = wsum(w, outs), wsum(w, douts)
         _, dlp = site.jvp(lambda dd: jax.vmap(lambda x: jnp.sum(dd.log_prob(x)))(xs))

@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 
 from ppl.transforms import Estimator, EstimatorError
-from ppl.transforms._estimator import estimator_dataclass
+from ppl.transforms._estimator import estimator_dataclass, static
 
-from ._util import call_many, wsum
+from ._util import call_many, check_batch_size, wsum
 
 __all__ = ["MVD", "MVD_FAMILIES"]
 
@@ -96,10 +96,14 @@ class MVD(Estimator):
     Preconditions: a family above (NumPyro or TFP), scalar events. Cost: ``1 + 2 P n``
     continuation calls (``P`` parameters, ``n`` elements; ``K n`` for Categorical), one
     ``lax.map`` trace. Variance: low and bounded for bounded ``k`` (no score factor), no
-    differentiability of ``k`` needed.
+    differentiability of ``k`` needed. ``batch_size``: continuation calls vmapped together
+    (default 2, in pairs; see :class:`Enum`).
     """
 
+    batch_size: int = static(default=2)
+
     def check(self, site):
+        check_batch_size(self, site)
         d = site.dist()
         if d.family not in MVD_FAMILIES or d.event_shape != ():
             raise EstimatorError(
@@ -126,5 +130,5 @@ class MVD(Estimator):
                     ws.append(sign * w), vals.append(v.astype(x.dtype).ravel()), idx.append(elem), keys.append(kj)
         w, v, i = jnp.concatenate(ws), jnp.concatenate(vals), jnp.concatenate(idx)
         xs = jnp.broadcast_to(x.ravel(), (i.shape[0], n)).at[jnp.arange(i.shape[0]), i].set(v)
-        outs, _ = call_many(kont, jnp.concatenate(keys), xs.reshape((-1,) + x.shape))
+        outs, _ = call_many(kont, jnp.concatenate(keys), xs.reshape((-1,) + x.shape), self.batch_size)
         return out, [a + b for a, b in zip(dout, wsum(w, outs))]

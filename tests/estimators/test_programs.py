@@ -1,11 +1,14 @@
 """Programs with several dependent sites, each with its own estimator, against exact gradients."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as nd
 import pytest
 
 import ppl
-from ppl.estimators import MVD, Baseline, DisARM, Enum, LeaveOneOut, Reparam, ScoreFunction
+from ppl.estimators import ARM, MVD, Baseline, DisARM, Enum, LeaveOneOut, Reparam, ScoreFunction
 from ppl.transforms import expectation
 
 from ._stat import assert_unbiased, estimates, power_limit
@@ -72,3 +75,25 @@ def test_program_gradient_is_unbiased(name):
     exact = jax.grad(exact_fn)(theta)
     assert_unbiased(g, exact, power_limit(exact), f"{name} gradient")
     assert_unbiased(v, exact_fn(theta), power_limit(exact_fn(theta)), f"{name} value")
+
+
+def _with_batch_size(ests, b):
+    return {a: dataclasses.replace(e, batch_size=b) if hasattr(e, "batch_size") else e for a, e in ests.items()}
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+def test_batch_size_changes_the_schedule_not_the_estimate(name):
+    """Continuation calls one at a time, in vmapped groups of 2 (with a remainder), or all
+    vmapped: the same calls with the same keys, so the same estimate up to rounding."""
+    prog, _, theta, ests = PROGRAMS[name]
+    variants = [ests] + ([{**ests, "b": ARM()}] if "b" in ests else [])
+    for ests in variants:
+        ests = _with_batch_size(ests, 1)
+        ref = expectation(prog, estimators=ests).value_and_grad(jax.random.key(3), theta)
+        for b in (2, 64):
+            got = expectation(prog, estimators=_with_batch_size(ests, b)).value_and_grad(jax.random.key(3), theta)
+            for r, g in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
+                np.testing.assert_allclose(g, r, rtol=2e-5, atol=1e-5, err_msg=f"batch_size={b} {ests}")
+        loops = [str(jax.make_jaxpr(lambda t, es=es: expectation(prog, estimators=es).grad(jax.random.key(3), t))(theta))
+                 .count("scan[") for es in (ests, _with_batch_size(ests, 64))]
+        assert loops[0] > 0 and loops[1] == 0, loops  # lax.map loops one at a time, one vmap for all
