@@ -117,16 +117,18 @@ class CBOInfo(NamedTuple):
 
 
 def consensus(x: jax.Array, energy: jax.Array, alpha) -> jax.Array:
-    """``c = sum_i softmax(-alpha * energy)_i x_i``, computed with log-sum-exp.
+    """``c = sum_i softmax(-alpha * energy)_i x_i``, computed as ``sum_i w_i x_i / sum_i w_i``
+    with ``w_i = exp(-alpha (energy_i - min energy))`` (no overflow; the best weighs 1).
 
     Particles with ``energy = inf`` get weight zero; if all are inf the result is NaN.
     """
-    return _weights(energy, alpha) @ x
+    return _consensus_t(x.T, energy, jnp.min(energy), alpha)
 
 
-def _weights(energy, alpha):
-    logw = -alpha * energy
-    return jnp.exp(logw - jax.scipy.special.logsumexp(logw))
+def _consensus_t(xt, energy, min_energy, alpha):
+    # `consensus` of the particles xt.T (xt of shape (d, N)) given min(energy)
+    w = jnp.exp(-alpha * (energy - min_energy))
+    return (xt @ w) / jnp.sum(w)
 
 
 @jax.tree_util.register_dataclass
@@ -275,8 +277,9 @@ class CBO:
         raw = self._energies(k_eval, x_eval, axis=1)
         ok = jnp.isfinite(raw)
         e = jnp.where(ok, raw, jnp.inf)
-        any_ok = jnp.any(ok)
-        c = jnp.where(any_ok, x_eval @ _weights(e, state.alpha), state.consensus)
+        i = jnp.argmin(e)
+        c = jnp.where(e[i] < jnp.inf, _consensus_t(x_eval, e, e[i], state.alpha),
+                      state.consensus)
         diff = state.x - jnp.repeat(c, n)
         xi = _increments(k_noise, (n * d,), state.x.dtype, self.increments)
         if self.noise == ISOTROPIC:
@@ -284,7 +287,6 @@ class CBO:
         else:
             scale = diff
         x_new = state.x - cfg.lam * cfg.dt * diff + cfg.sigma * jnp.sqrt(cfg.dt) * scale * xi
-        i = jnp.argmin(e)
         better = e[i] < state.best_energy
         alpha_new = jnp.minimum(state.alpha * cfg.alpha_factor, cfg.alpha_max)
         new = state._replace(
