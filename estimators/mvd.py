@@ -91,11 +91,13 @@ class MVD(Estimator):
     ``x + E'/rate`` have the right sums). Valid because every term is an expectation over
     ``x_i`` alone, independent of the other elements; each ``+``/``-`` pair also shares the
     continuation's key. Categorical treats ``probs`` as the measure's weights:
-    ``sum_j dprobs_j E[k(x_i = j)]``.
+    ``sum_j dprobs_j E[k(x_i = j)]``. Bernoulli and Categorical reuse the primal call: since
+    the weights sum to zero, only the values other than the sample's are evaluated, with the
+    primal call's key, and differenced against it.
 
     Preconditions: a family above (NumPyro or TFP), scalar events. Cost: ``1 + 2 P n``
-    continuation calls (``P`` parameters, ``n`` elements; ``K n`` for Categorical), one
-    ``lax.map`` trace. Variance: low and bounded for bounded ``k`` (no score factor), no
+    continuation calls (``P`` parameters, ``n`` elements; ``1 + n`` for Bernoulli,
+    ``1 + (K - 1) n`` for Categorical), traced once. Variance: low and bounded for bounded ``k`` (no score factor), no
     differentiability of ``k`` needed. ``batch_size``: continuation calls vmapped together
     (default 2, in pairs; see :class:`Enum`).
     """
@@ -119,6 +121,8 @@ class MVD(Estimator):
         canon, dcanon = site.jvp(lambda dd: _canonical(dd, x.shape))
         if dcanon is None:
             return out, dout
+        if d.family in ("Bernoulli", "Categorical"):
+            return self._finite(k2, x, dcanon["probs"], d.family, kont, out, dout)
         n = x.size
         ws, vals, idx, keys = [], [], [], []
         for j, (name, (c, xp, xm)) in enumerate(MVD_FAMILIES[d.family](k3, canon, x).items()):
@@ -132,3 +136,27 @@ class MVD(Estimator):
         xs = jnp.broadcast_to(x.ravel(), (i.shape[0], n)).at[jnp.arange(i.shape[0]), i].set(v)
         outs, _ = call_many(kont, jnp.concatenate(keys), xs.reshape((-1,) + x.shape), self.batch_size)
         return out, [a + b for a, b in zip(dout, wsum(w, outs))]
+
+    def _finite(self, key, x, dprobs, family, kont, out, dout):
+        """Bernoulli / Categorical: ``p+``/``p-`` are point masses, and one of them is the sample.
+
+        ``d/dth E[k] = sum_i sum_j dP(x_i = j) k(x with x_i = j)``, and since
+        ``sum_j dP(x_i = j) = 0`` this is ``sum_i sum_{j != x_i} dP(x_i = j) (k(x_i = j) - k(x))``:
+        the continuation is called only at the ``n (K - 1)`` other values, with the sample's own
+        key, and ``k(x)`` is the primal call (a Bernoulli element costs one call, not two).
+        """
+        n = x.size
+        flat = x.ravel().astype(jnp.int32)
+        if family == "Bernoulli":
+            alt = (1 - flat)[:, None]                                     # (n, 1): the other value
+            w = (dprobs.ravel() * (2 * alt[:, 0] - 1))[:, None]          # dP(x_i = alt)
+        else:
+            k = dprobs.shape[-1]
+            alt = (flat[:, None] + jnp.arange(1, k)[None, :]) % k         # (n, K - 1)
+            w = jnp.take_along_axis(dprobs.reshape(n, k), alt, axis=1)
+        m = alt.shape[1]
+        elem = jnp.repeat(jnp.arange(n), m)
+        xs = jnp.broadcast_to(x.ravel(), (n * m, n)).at[jnp.arange(n * m), elem].set(alt.ravel().astype(x.dtype))
+        outs, _ = call_many(kont, key, xs.reshape((-1,) + x.shape), self.batch_size)
+        diffs = [o - b[None] for o, b in zip(outs, out)]
+        return out, [a + b for a, b in zip(dout, wsum(w.ravel(), diffs))]
