@@ -117,12 +117,12 @@ class MVD(Estimator):
         k1, k2, k3, k4 = jax.random.split(key, 4)
         d = site.dist()
         x = d.sample(k1)
-        out, dout = kont(k2, x, None)
         canon, dcanon = site.jvp(lambda dd: _canonical(dd, x.shape))
         if dcanon is None:
-            return out, dout
+            return kont(k2, x, None)
         if d.family in ("Bernoulli", "Categorical"):
-            return self._finite(k2, x, dcanon["probs"], d.family, kont, out, dout)
+            return self._finite(k2, x, dcanon["probs"], d.family, kont)
+        out, dout = kont(k2, x, None)
         n = x.size
         ws, vals, idx, keys = [], [], [], []
         for j, (name, (c, xp, xm)) in enumerate(MVD_FAMILIES[d.family](k3, canon, x).items()):
@@ -137,13 +137,14 @@ class MVD(Estimator):
         outs, _ = call_many(kont, jnp.concatenate(keys), xs.reshape((-1,) + x.shape), self.batch_size)
         return out, [a + b for a, b in zip(dout, wsum(w, outs))]
 
-    def _finite(self, key, x, dprobs, family, kont, out, dout):
+    def _finite(self, key, x, dprobs, family, kont):
         """Bernoulli / Categorical: ``p+``/``p-`` are point masses, and one of them is the sample.
 
         ``d/dth E[k] = sum_i sum_j dP(x_i = j) k(x with x_i = j)``, and since
         ``sum_j dP(x_i = j) = 0`` this is ``sum_i sum_{j != x_i} dP(x_i = j) (k(x_i = j) - k(x))``:
-        the continuation is called only at the ``n (K - 1)`` other values, with the sample's own
-        key, and ``k(x)`` is the primal call (a Bernoulli element costs one call, not two).
+        the continuation is called at the sample and at the ``n (K - 1)`` other values, all
+        with the same key (a Bernoulli element costs one call, not two; the sample's call comes
+        first, in the same vmapped group as the next).
         """
         n = x.size
         flat = x.ravel().astype(jnp.int32)
@@ -157,6 +158,8 @@ class MVD(Estimator):
         m = alt.shape[1]
         elem = jnp.repeat(jnp.arange(n), m)
         xs = jnp.broadcast_to(x.ravel(), (n * m, n)).at[jnp.arange(n * m), elem].set(alt.ravel().astype(x.dtype))
-        outs, _ = call_many(kont, key, xs.reshape((-1,) + x.shape), self.batch_size)
-        diffs = [o - b[None] for o, b in zip(outs, out)]
+        xs = jnp.concatenate([x.ravel()[None], xs])
+        outs, douts = call_many(kont, key, xs.reshape((-1,) + x.shape), self.batch_size)
+        out, dout = [o[0] for o in outs], [t[0] for t in douts]
+        diffs = [o[1:] - b[None] for o, b in zip(outs, out)]
         return out, [a + b for a, b in zip(dout, wsum(w.ravel(), diffs))]
