@@ -64,7 +64,9 @@ class ARM(Estimator):
         _check_bernoulli(self, site)
 
     def jvp(self, key, site, kont):
-        return _antithetic(site, kont, key, lambda u, a: (u > jax.nn.sigmoid(-a), u < jax.nn.sigmoid(a), u - 0.5), self.batch_size)
+        def pair(u, a):
+            return u > jax.nn.sigmoid(-a), u < jax.nn.sigmoid(a), u - 0.5
+        return _antithetic(site, kont, key, pair, self.batch_size)
 
 
 @estimator_dataclass

@@ -97,9 +97,9 @@ class MVD(Estimator):
 
     Preconditions: a family above (NumPyro or TFP), scalar events. Cost: ``1 + 2 P n``
     continuation calls (``P`` parameters, ``n`` elements; ``1 + n`` for Bernoulli,
-    ``1 + (K - 1) n`` for Categorical), traced once. Variance: low and bounded for bounded ``k`` (no score factor), no
-    differentiability of ``k`` needed. ``batch_size``: continuation calls vmapped together
-    (default 2, in pairs; see :class:`Enum`).
+    ``1 + (K - 1) n`` for Categorical), traced once. Variance: low and bounded for bounded
+    ``k`` (no score factor), no differentiability of ``k`` needed. ``batch_size``:
+    continuation calls vmapped together (default 2, in pairs; see :class:`Enum`).
     """
 
     batch_size: int = static(default=2)

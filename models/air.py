@@ -205,8 +205,8 @@ def programs(cfg: AIRConfig = AIRConfig()):
 
 def check_config(params, x, cfg: AIRConfig) -> None:
     """Raise ``ValueError`` when ``params`` or canvases ``x`` do not have ``cfg``'s sizes."""
-    got = {"canvas": int(round(x.shape[-1] ** 0.5)), "glimpse": _cfg_of(params["theta"], x)[0],
-           "z_what": _cfg_of(params["theta"], x)[2], "hidden": params["phi"]["rnn"][0]["b"].shape[0]}
+    g, c, zw = _cfg_of(params["theta"], x)
+    got = {"canvas": c, "glimpse": g, "z_what": zw, "hidden": params["phi"]["rnn"][0]["b"].shape[0]}
     bad = {k: v for k, v in got.items() if getattr(cfg, k) != v}
     if bad:
         raise ValueError(f"AIR: the parameters / canvases have {bad} but the AIRConfig says "
