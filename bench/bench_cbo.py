@@ -13,7 +13,7 @@ Timing: ours after compilation with block_until_ready, (a) all seeds in one vmap
 divided by the number of seeds) and (b) one run. CBXpy: (a) all seeds as M parallel runs in one
 dynamic (its own batching), (b) single runs (M=1), averaged over --single-runs seeds.
 
-    python bench/bench_cbo.py                 # the recorded configuration (~3-4 min, 2 cores)
+    python bench/bench_cbo.py                 # the recorded configuration (~1.5 min, 2 cores)
     python bench/bench_cbo.py --quick         # smoke run
 """
 from __future__ import annotations
@@ -105,7 +105,8 @@ def main(argv=None):
     p.add_argument("--problems", nargs="+", default=list(PROBLEMS))
     p.add_argument("--seeds", type=int, default=16)
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--single-runs", type=int, default=2)
+    p.add_argument("--single-runs", type=int, default=4,
+                   help="single runs timed per system (one CBXpy run varies by up to 2x)")
     p.add_argument("--dt", type=float, default=0.01)
     p.add_argument("--lam", type=float, default=1.0)
     p.add_argument("--sigma", type=float, default=5.0)
