@@ -84,6 +84,10 @@ def build_parser():
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz if present")
     p.add_argument("--chunk", type=int, default=100, help="steps per compiled chunk / checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="JAX's persistent compilation cache: later runs of the same configuration skip "
+                        "compiling (default $PPL_JAX_CACHE or ~/.cache/ppl/jax)")
+    p.add_argument("--no-cache", action="store_true", help="no persistent compilation cache")
     return p
 
 
@@ -176,6 +180,19 @@ def setup(args):
     return task, E, plan
 
 
+def _compilation_cache(args):
+    """Point JAX's persistent compilation cache at ``--cache-dir`` (before anything compiles)."""
+    if args.no_cache:
+        return None
+    import jax
+
+    path = os.path.abspath(args.cache_dir or os.environ.get("PPL_JAX_CACHE")
+                           or os.path.join(os.path.expanduser("~"), ".cache", "ppl", "jax"))
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
+
+
 def run(args):
     import jax
     import numpy as np
@@ -184,6 +201,7 @@ def run(args):
     from ppl.models import _plots
     from ppl.transforms.fit import NonFiniteError, fit
 
+    cache = _compilation_cache(args)
     task, E, plan = setup(args)
     out = _plots.ensure_dir(args.out or os.path.join("runs", args.model))
     steps = _DEFAULT_STEPS[args.model] if args.steps is None else args.steps
@@ -210,6 +228,7 @@ def run(args):
                "estimators": [{"address": r["address"], "estimator": r["estimator"], "unbiased": r["unbiased"]}
                               for r in plan.rows],
                "steps": steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+               "compilation_cache": cache,
                "train_seconds": round(train_s, 2),
                "final_loss_mean_last_100": float(np.mean(res.history[-100:])) if len(res.history) else None,
                "metrics": metrics, "plots": plots, "checkpoint": ckpt}

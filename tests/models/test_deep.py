@@ -26,8 +26,8 @@ def digits():
     return data.load("digits")
 
 
-def _run(args, tmp_path, timeout=600):
-    env = dict(os.environ, MPLBACKEND="Agg")
+def _run(args, tmp_path, timeout=600, **env_vars):
+    env = dict(os.environ, MPLBACKEND="Agg", **env_vars)
     return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -222,11 +222,12 @@ def test_cli_bad_flag_subprocess(tmp_path):
 
 def test_cli_smoke_vae(tmp_path):
     r = _run(["-m", "ppl", "--steps", "4", "--chunk", "2", "--eval-particles", "4", "--latent", "3",
-              "--hidden", "16", "--out", "run", "--no-progress"], tmp_path)
+              "--hidden", "16", "--out", "run", "--no-progress"], tmp_path, PPL_JAX_CACHE=str(tmp_path / "cache"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Reparam" in r.stdout and "test_log_likelihood_K4" in r.stdout and "plots:" in r.stdout
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["model"] == "vae" and s["steps"] == 4
+    assert s["compilation_cache"] == str(tmp_path / "cache") and any((tmp_path / "cache").iterdir())
     for f in ("learning_curve.png", "reconstructions.png", "samples.png", "checkpoint.npz"):
         assert (tmp_path / "run" / f).stat().st_size > 0
     r2 = _run(["-m", "ppl", "--steps", "6", "--chunk", "2", "--eval-particles", "4", "--latent", "3",
