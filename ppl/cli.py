@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-__all__ = ["main", "build_parser", "ESTIMATORS", "OBJECTIVES", "UsageError"]
+__all__ = ["main", "build_parser", "use_compilation_cache", "ESTIMATORS", "OBJECTIVES", "UsageError"]
 
 
 class UsageError(Exception):
@@ -180,17 +180,23 @@ def setup(args):
     return task, E, plan
 
 
-def _compilation_cache(args):
-    """Point JAX's persistent compilation cache at ``--cache-dir`` (before anything compiles)."""
-    if args.no_cache:
-        return None
+def use_compilation_cache(path=None) -> str:
+    """Point JAX's persistent compilation cache at ``path`` (default ``$PPL_JAX_CACHE`` or
+    ``~/.cache/ppl/jax``); call before anything compiles. Returns the absolute path.
+    The main command, the test suite and its worker processes share it."""
     import jax
 
-    path = os.path.abspath(args.cache_dir or os.environ.get("PPL_JAX_CACHE")
+    path = os.path.abspath(path or os.environ.get("PPL_JAX_CACHE")
                            or os.path.join(os.path.expanduser("~"), ".cache", "ppl", "jax"))
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+def _compilation_cache(args):
+    """``--cache-dir`` / ``--no-cache``: the cache path in use, or None."""
+    return None if args.no_cache else use_compilation_cache(args.cache_dir)
 
 
 def run(args):

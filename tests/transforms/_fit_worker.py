@@ -7,14 +7,13 @@ of 5; ``--sleep`` pauses after each chunk (a callback) so that the parent can ki
 mid-run. Writes the final params and loss history to OUT.npz.
 """
 import argparse
-import os
 import time
 
 import jax
 
-_CACHE = os.environ.get("PPL_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ppl", "jax"))
-jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+from ppl.cli import use_compilation_cache
+
+use_compilation_cache()
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
