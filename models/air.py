@@ -170,9 +170,14 @@ def guide(phi, x, cfg: AIRConfig = AIRConfig()):
     g = int(round((phi["what"][0]["w"].shape[0] - h.shape[1]) ** 0.5))
     c = int(round(x.shape[-1] ** 0.5))
     where, what = jnp.zeros((b, 3)), jnp.zeros((b, zw))
+    # the recurrent layer reads [x, h, where, what]; the canvas' share of its product is the
+    # same at every step, so it is computed once (same values as the concatenated product)
+    first, rest = phi["rnn"][0], phi["rnn"][1:]
+    xw = dense_apply({"w": first["w"][:x.shape[-1]], "b": first["b"]}, x)
     out = []
     for i in range(cfg.max_steps):
-        h = jnp.tanh(mlp_apply(phi["rnn"], jnp.concatenate([x, h, where, what], -1)))
+        pre = xw + jnp.concatenate([h, where, what], -1) @ first["w"][x.shape[-1]:]
+        h = jnp.tanh(mlp_apply(rest, jnp.tanh(pre)) if rest else pre)
         pres = ppl.sample(("present", i), tfd.Bernoulli(logits=dense_apply(phi["pres"], h)[:, 0] + 1.0, dtype=jnp.float32))
         wl, ws = jnp.split(dense_apply(phi["where"], h), 2, -1)
         where = ppl.sample(("where", i), nd.Normal(wl, jax.nn.softplus(ws - 1.0) + 1e-3).to_event(1))
