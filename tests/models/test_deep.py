@@ -148,6 +148,33 @@ def test_air_transformer_matches_neighbour_sampling_values_and_gradients():
             np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_air_guide_density_matches_the_concatenated_recurrent_layer(digits):
+    """The guide computes the canvas' share of its recurrent layer once; log q must equal the
+    textbook step ``h = tanh([x, h, where, what] @ W + b)`` (what bench/_air_pyro.py writes)."""
+    from jax.scipy.stats import norm
+
+    from ppl.models import air
+    from ppl.models.nets import dense_apply, mlp_apply
+
+    cfg = air.AIRConfig(hidden=16)
+    x, _ = air.make_canvases(jax.random.key(0), digits.images(digits.x_train), 2, cfg)
+    phi = air.init_params(jax.random.key(1), cfg)["phi"]
+    tr = ppl.simulate(air.guide)(jax.random.key(2), phi, x)
+    h, where, what = jnp.zeros((2, 16)), jnp.zeros((2, 3)), jnp.zeros((2, 6))
+    logq = jnp.zeros(())
+    for i, (pres, w, z) in enumerate(tr.retval):
+        h = jnp.tanh(mlp_apply(phi["rnn"], jnp.concatenate([x, h, where, what], -1)))
+        logit = dense_apply(phi["pres"], h)[:, 0] + 1.0
+        logq += jnp.sum(pres * jax.nn.log_sigmoid(logit) + (1 - pres) * jax.nn.log_sigmoid(-logit))
+        wl, ws = jnp.split(dense_apply(phi["where"], h), 2, -1)
+        logq += jnp.sum(norm.logpdf(w, wl, jax.nn.softplus(ws - 1.0) + 1e-3))
+        glimpse = jax.vmap(air.extract, (0, 0, None))(x.reshape(2, 16, 16), w, 8).reshape(2, -1)
+        ql, qs = jnp.split(mlp_apply(phi["what"], jnp.concatenate([glimpse, h], -1)), 2, -1)
+        logq += jnp.sum(norm.logpdf(z, ql, jax.nn.softplus(qs + 0.5413) + 1e-3))
+        where, what = w, z
+    np.testing.assert_allclose(tr.score, logq, rtol=1e-5)
+
+
 def test_air_evaluation_uses_the_config_and_rejects_a_mismatch(digits):
     from ppl.models import air
 
