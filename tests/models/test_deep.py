@@ -148,17 +148,20 @@ def test_air_transformer_matches_neighbour_sampling_values_and_gradients():
             np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_air_guide_density_matches_the_concatenated_recurrent_layer(digits):
+@pytest.mark.parametrize("rnn_layers", [1, 2])
+def test_air_guide_density_matches_the_concatenated_recurrent_layer(digits, rnn_layers):
     """The guide computes the canvas' share of its recurrent layer once; log q must equal the
-    textbook step ``h = tanh([x, h, where, what] @ W + b)`` (what bench/_air_pyro.py writes)."""
+    textbook step ``h = tanh(mlp([x, h, where, what]))`` (what bench/_air_pyro.py writes)."""
     from jax.scipy.stats import norm
 
     from ppl.models import air
-    from ppl.models.nets import dense_apply, mlp_apply
+    from ppl.models.nets import dense_apply, mlp_apply, mlp_init
 
     cfg = air.AIRConfig(hidden=16)
     x, _ = air.make_canvases(jax.random.key(0), digits.images(digits.x_train), 2, cfg)
     phi = air.init_params(jax.random.key(1), cfg)["phi"]
+    if rnn_layers == 2:  # init_params makes one layer; a deeper recurrent MLP must work too
+        phi["rnn"] = mlp_init(jax.random.key(3), [256 + 16 + 3 + 6, 16, 16])
     tr = ppl.simulate(air.guide)(jax.random.key(2), phi, x)
     h, where, what = jnp.zeros((2, 16)), jnp.zeros((2, 3)), jnp.zeros((2, 6))
     logq = jnp.zeros(())
