@@ -173,10 +173,11 @@ def guide(phi, x, cfg: AIRConfig = AIRConfig()):
     # the recurrent layer reads [x, h, where, what]; the canvas' share of its product is the
     # same at every step, so it is computed once (same values as the concatenated product)
     first, rest = phi["rnn"][0], phi["rnn"][1:]
-    xw = dense_apply({"w": first["w"][:x.shape[-1]], "b": first["b"]}, x)
+    w_x, w_state = first["w"][:x.shape[-1]], first["w"][x.shape[-1]:]
+    xw = x @ w_x + first["b"]
     out = []
     for i in range(cfg.max_steps):
-        pre = xw + jnp.concatenate([h, where, what], -1) @ first["w"][x.shape[-1]:]
+        pre = xw + jnp.concatenate([h, where, what], -1) @ w_state
         h = jnp.tanh(mlp_apply(rest, jnp.tanh(pre)) if rest else pre)
         pres = ppl.sample(("present", i), tfd.Bernoulli(logits=dense_apply(phi["pres"], h)[:, 0] + 1.0, dtype=jnp.float32))
         wl, ws = jnp.split(dense_apply(phi["where"], h), 2, -1)
