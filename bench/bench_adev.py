@@ -115,7 +115,6 @@ def elbo_table(key):
               f"{cp/ch:>6.2f} {'yes' if same else 'no':>17}", flush=True)
 
 
-
 def enum_table(key):
     """Cost of an Enum site over K values vs one evaluation of its continuation."""
     from ppl.estimators import Enum
@@ -142,6 +141,7 @@ def enum_table(key):
             t1, tk = race(f1, fk, (t,), reps=20)
             ratios.append(tk / (k * t1))
         print(f"{k:>4} {t1*1e3:>12.3f} | {'':>32} " + " ".join(f"{r:>6.2f}" for r in ratios), flush=True)
+
 
 if __name__ == "__main__":
     main()

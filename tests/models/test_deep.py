@@ -165,7 +165,7 @@ def test_air_guide_density_matches_the_concatenated_recurrent_layer(digits, rnn_
     tr = ppl.simulate(air.guide)(jax.random.key(2), phi, x)
     h, where, what = jnp.zeros((2, 16)), jnp.zeros((2, 3)), jnp.zeros((2, 6))
     logq = jnp.zeros(())
-    for i, (pres, w, z) in enumerate(tr.retval):
+    for pres, w, z in tr.retval:
         h = jnp.tanh(mlp_apply(phi["rnn"], jnp.concatenate([x, h, where, what], -1)))
         logit = dense_apply(phi["pres"], h)[:, 0] + 1.0
         logq += jnp.sum(pres * jax.nn.log_sigmoid(logit) + (1 - pres) * jax.nn.log_sigmoid(-logit))
@@ -189,7 +189,6 @@ def test_air_evaluation_uses_the_config_and_rejects_a_mismatch(digits):
     # the same draws scored by the config's model: log p(x, z) - log q(z) with its own prior
     mdl, gde = air.programs(cfg)
     k = jax.random.split(jax.random.key(2), 8)[0]
-    import ppl
     tr = ppl.simulate(gde)(k, p["phi"], x[:1])
     lp, _ = ppl.assess(mdl)(tr.choices, p["theta"], x[:1])
     np.testing.assert_allclose(lw[0], lp - tr.score, rtol=1e-5)
