@@ -30,7 +30,7 @@ def main():
         params = {**p, "baseline": air.init_baseline(jax.random.key(3), cfg)} if label == "score-baseline" else p
         t = time.perf_counter()
         r = fit(loss, optax.adam(1e-3), params, key=jax.random.key(2), num_steps=a.steps, data=x, batch_size=a.batch,
-                chunk=a.steps, progress=False)
+                chunk=a.steps, progress=False, compiler_options=air.compiler_options())
         total = time.perf_counter() - t  # includes the compilation of fit's chunk
         acc = float(air.count_accuracy(jax.random.key(4), r.params, x[:300], c[:300], cfg))
         print(f"{label:8s} {total:30.1f} {acc:9.3f}", flush=True)

@@ -82,7 +82,8 @@ def run_one(label, est, p0, cfg, x, xt, ct, a):
     num_steps = a.steps if a.steps is not None else 10**9
     try:
         res = fit(loss, optax.adam(a.lr), params, key=jax.random.key(3 + a.seed), num_steps=num_steps, data=x,
-                  batch_size=a.batch, chunk=a.eval_every, progress=False, callbacks=[callback])
+                  batch_size=a.batch, chunk=a.eval_every, progress=False, callbacks=[callback],
+                  compiler_options=air.compiler_options())
         state = res.state
     except _OutOfTime:
         state = last["state"]

@@ -151,7 +151,7 @@ def _group(est, params0, pyro_objectives, x, npz, tmp, cfg, a):
     mark[0] = time.perf_counter()
     r = fit(air.make_loss(est, cfg), optax.adam(1e-3), params0, key=jax.random.key(2),
             num_steps=a.segment + a.steps, data=x, batch_size=a.batch, chunk=a.segment, progress=False,
-            callbacks=[between_chunks])
+            callbacks=[between_chunks], compiler_options=air.compiler_options() if a.fused_dots else None)
     out = [(r.params, _summary(chunks, a.segment, -np.asarray(r.history)))]
     for pr in procs:
         path = os.path.join(tmp, f"params-{pr.objective}.npz")
@@ -183,6 +183,9 @@ def main():
                     help="also time Pyro's JitTraceGraph_ELBO / JitTraceEnum_ELBO (torch.jit traced)")
     ap.add_argument("--ppl-only-rows", action=argparse.BooleanOptionalAction, default=True,
                     help="the MVD and hybrid groups (against TraceGraph_ELBO)")
+    ap.add_argument("--fused-dots", action=argparse.BooleanOptionalAction, default=True,
+                    help="compile ppl's step with air.compiler_options() (on CPU: fit.CPU_FUSED_DOTS, what the "
+                         "main command uses for AIR)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 segments of 5 steps, small evaluation set")
     a = ap.parse_args()
     if a.quick:
@@ -254,7 +257,8 @@ def main():
                       f"{load:>7s}", flush=True)
     if info is not None:
         print(f"\nPyro side: torch {info['torch']}, Pyro {info['pyro']}, {info['threads']} threads, validation off. "
-              f"ppl: jax {jax.__version__}.")
+              f"ppl: jax {jax.__version__}, compiler options "
+              f"{(air.compiler_options() if a.fused_dots else None) or 'none'}.")
 
 
 if __name__ == "__main__":

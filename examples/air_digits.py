@@ -30,7 +30,8 @@ def main():
     print(E.plan((params["theta"], x[:1]), (params["phi"], x[:1])))
     loss = _tasks.make_loss(E, air.model_args, air.guide_args, per_example=True, binarized=False)
     res = fit(loss, optax.adam(1e-3), params, key=jax.random.key(3), num_steps=a.steps, data=x,
-              batch_size=4 if a.tiny else 32, chunk=min(100, max(a.steps, 1)))
+              batch_size=4 if a.tiny else 32, chunk=min(100, max(a.steps, 1)),
+              compiler_options=air.compiler_options())
     print(f"test ELBO {float(air.elbo(jax.random.key(4), res.params, xt, cfg)):.2f}  "
           f"count accuracy {float(air.count_accuracy(jax.random.key(5), res.params, xt, ct, cfg)):.3f}")
     os.makedirs(a.out, exist_ok=True)

@@ -48,6 +48,7 @@ class Task:
     plan: Callable  # E -> Plan
     metrics: Callable  # (key, params) -> dict
     plots: Callable  # (out, params, history) -> list of paths
+    compiler_options: dict | None = None  # XLA options for the training step (fit's argument)
 
 
 def _plan_fn(model_args, guide_args, x, per_example):
@@ -144,4 +145,4 @@ def air(args, ds):
     return Task(f"{ds.name} canvases ({cfg.canvas}x{cfg.canvas}, 0-{cfg.max_steps} digits)", *A.programs(cfg),
                 x_train, lambda key: A.init_params(key, cfg),
                 lambda E: make_loss(E, A.model_args, A.guide_args, per_example=True, binarized=False),
-                _plan_fn(ma, ga, x_test[:1], True), metrics, plots)
+                _plan_fn(ma, ga, x_test[:1], True), metrics, plots, A.compiler_options())

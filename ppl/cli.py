@@ -222,7 +222,8 @@ def run(args):
     try:
         res = fit(task.loss(E), optax.adam(args.lr), params, key=k_fit, num_steps=steps, data=task.train,
                   batch_size=args.batch_size, chunk=min(args.chunk, max(steps, 1)), checkpoint=ckpt,
-                  resume=args.resume, progress=False if args.no_progress else None)
+                  resume=args.resume, progress=False if args.no_progress else None,
+                  compiler_options=task.compiler_options)
     except NonFiniteError as e:
         print(f"ppl: training stopped: {e}", file=sys.stderr)
         return 1
@@ -234,7 +235,7 @@ def run(args):
                "estimators": [{"address": r["address"], "estimator": r["estimator"], "unbiased": r["unbiased"]}
                               for r in plan.rows],
                "steps": steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-               "compilation_cache": cache,
+               "compilation_cache": cache, "compiler_options": task.compiler_options,
                "train_seconds": round(train_s, 2),
                "final_loss_mean_last_100": float(np.mean(res.history[-100:])) if len(res.history) else None,
                "metrics": metrics, "plots": plots, "checkpoint": ckpt}

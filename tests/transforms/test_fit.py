@@ -19,8 +19,9 @@ import ppl
 from ppl.models.conjugate import NormalNormal
 from ppl.transforms import expectation
 from ppl.transforms import objectives as O
-from ppl.transforms.fit import (CheckpointError, FitState, NonFiniteError, fit, kernel, load_checkpoint,
-                                save_checkpoint)
+from ppl.transforms import fit as fit_module
+from ppl.transforms.fit import (CPU_FUSED_DOTS, CheckpointError, FitState, NonFiniteError, fit, kernel,
+                                load_checkpoint, save_checkpoint)
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fit_worker.py")
 
@@ -268,3 +269,47 @@ def test_save_and_load_round_trip_keys_and_history(tmp_path, key):
     np.testing.assert_array_equal(hist, [1.0, 2.0])
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
     shutil.rmtree(tmp_path)
+
+
+def _regression(key):
+    """A small least-squares problem with matrix products (what CPU_FUSED_DOTS changes)."""
+    kx, kw = jax.random.split(key)
+    x = jax.random.normal(kx, (32, 8))
+    y = jnp.tanh(x @ jax.random.normal(kw, (8, 4)))
+
+    def loss(k, p, b):
+        h = jnp.tanh(b["x"] @ p["w1"] + p["b1"])
+        return jnp.mean((h @ p["w2"] - b["y"]) ** 2)
+    params = {"w1": 0.1 * jnp.ones((8, 16)), "b1": jnp.zeros(16), "w2": 0.1 * jnp.ones((16, 4))}
+    return loss, params, {"x": x, "y": y}
+
+
+def test_compiler_options_train_to_the_same_values(key):
+    loss, params, data = _regression(key)
+    runs = [fit(loss, optax.adam(1e-2), params, key=key, num_steps=50, data=data, batch_size=8, chunk=25,
+                progress=False, compiler_options=opts) for opts in (None, CPU_FUSED_DOTS)]
+    assert runs[1].history[-1] < 0.5 * runs[1].history[0]
+    np.testing.assert_allclose(runs[1].history, runs[0].history, rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("opts, match", [
+    ({"xla_no_such_option": True}, "xla_no_such_option"),
+    ({"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NOPE"}, "xla_cpu_experimental_ynn_fusion_type"),
+    (["xla_cpu_enable_fast_math"], "dict of XLA option names"),
+])
+def test_bad_compiler_options_are_refused_before_training(opts, match, key, tmp_path):
+    ckpt = tmp_path / "c.npz"
+    with pytest.raises(ValueError, match=match):
+        fit(quadratic, optax.sgd(0.1), P0, key=key, num_steps=3, progress=False, compiler_options=opts,
+            checkpoint=str(ckpt))
+    assert not ckpt.exists()
+
+
+def test_compiler_options_reach_the_chunk_compile(key, monkeypatch):
+    # without the up-front check, a bad option must fail the chunk's own compile: it is passed on
+    monkeypatch.setattr(fit_module, "_check_compiler_options", lambda options: None)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="xla_no_such_option"):
+        fit(quadratic, optax.sgd(0.1), P0, key=key, num_steps=3, progress=False,
+            compiler_options={"xla_no_such_option": True})
