@@ -38,8 +38,23 @@ def bind_params(eqn) -> dict:
 
 
 def bind_eqn(eqn, invals):
-    """Evaluate one equation on values of the current trace."""
-    out = eqn.primitive.bind(*invals, **bind_params(eqn))
+    """Evaluate one equation on values of the current trace.
+
+    Inside ``shard_map(..., check_vma=True)`` a value an interpreter substitutes (a draw from a
+    per-device key, a guide parameter computed from sharded data) can vary over mesh axes where
+    the staged program's value did not, and raw ``bind`` refuses the mix. Inserting JAX's casts
+    here made reverse-mode gradients wrong (measured), so this refuses it with the fix instead.
+    """
+    try:
+        out = eqn.primitive.bind(*invals, **bind_params(eqn))
+    except ValueError as e:
+        if "varying manual axes" in str(e) or "invariant->variant" in str(e):
+            raise ValueError(
+                f"ppl: {eqn.primitive.name} mixes values that vary over shard_map's mesh axes with values "
+                "that do not, which ppl's interpreters do not track. Pass check_vma=False to "
+                "jax.shard_map and combine the per-device gradients yourself (jax.lax.pmean or psum); "
+                f"JAX said: {e}") from None
+        raise
     return out if eqn.primitive.multiple_results else [out]
 
 

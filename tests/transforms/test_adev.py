@@ -5,6 +5,8 @@ tolerance is Z standard errors with Z = 6 (two-sided p ~ 2e-9 per check; with fe
 500 such checks in the suite the chance of a spurious failure stays below 1e-6), a power
 guard (a maximum standard error) and a negative control that must fail the same check.
 """
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -264,3 +266,22 @@ def test_debug_mode_names_the_nonfinite_site():
         fit(lambda k, p, b: -E.estimate(k, p), optax.sgd(0.01), {"m": 2.6}, key=jax.random.key(0),
             num_steps=20, chunk=10, debug=True, progress=False)
     assert int(info.value.state.step) == 2
+
+
+def test_inside_shard_map_per_device_gradients_match_and_check_vma_is_refused_clearly():
+    """Data parallelism: each of two CPU devices takes half the data and its own key. With
+    ``check_vma=False`` every device's value-and-gradient equals the same computation outside
+    ``shard_map`` (score function, Enum, MVD at a Bernoulli site; Reparam at a Normal); with
+    ``check_vma=True`` ppl refuses with the fix rather than JAX's internal error."""
+    import json
+    import subprocess
+    import sys
+
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_shard_map_worker.py")
+    r = subprocess.run([sys.executable, worker], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(out) == {"score", "enum", "mvd"}
+    for name, res in out.items():
+        assert max(res["diffs"]) < 1e-5, (name, res["diffs"])
+        assert res["error_with_check_vma"] and "Pass check_vma=False to jax.shard_map" in res["error_with_check_vma"]
