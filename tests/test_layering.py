@@ -1,6 +1,7 @@
 """Packaging and layering: one import root, and imports that flow one way.
 
-ppl (language) <- ppl.transforms <- ppl.estimators <- ppl.models <- examples/, bench/.
+ppl (language) <- ppl.transforms <- ppl.estimators <- ppl.backends <- ppl.models <- examples/, bench/.
+ppl.backends needs no estimator: it may import ppl and ppl.transforms only.
 The command-line entry points (ppl/__main__.py, ppl/cli.py) sit on top of everything.
 """
 import ast
@@ -12,8 +13,9 @@ import zipfile
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-LAYERS = {"ppl": 0, "transforms": 1, "estimators": 2, "models": 3}
-PACKAGE_OF = {"ppl": "ppl", "ppl.transforms": "transforms", "ppl.estimators": "estimators", "ppl.models": "models"}
+LAYERS = {"ppl": 0, "transforms": 1, "estimators": 2, "backends": 3, "models": 4}
+PACKAGE_OF = {"ppl": "ppl", "ppl.transforms": "transforms", "ppl.estimators": "estimators",
+              "ppl.backends": "backends", "ppl.models": "models"}
 ENTRY_POINTS = {ROOT / "ppl" / "__main__.py", ROOT / "ppl" / "cli.py"}
 
 
@@ -45,6 +47,8 @@ def test_imports_flow_one_way():
                 target = _layer_of_module(mod)
                 if target is not None and target > layer:
                     bad.append(f"{path.relative_to(ROOT)} imports {mod}")
+                if folder == "backends" and target == LAYERS["estimators"]:
+                    bad.append(f"{path.relative_to(ROOT)} imports {mod} (backends need no estimator)")
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
 
 
@@ -52,7 +56,7 @@ def test_layering_check_catches_a_violation(tmp_path):
     """Negative control: the checker flags an upward import."""
     f = tmp_path / "x.py"
     f.write_text("def f():\n    import ppl.models.vae\n")
-    assert [m for m in _imports(f) if _layer_of_module(m) == 3]
+    assert [m for m in _imports(f) if _layer_of_module(m) == LAYERS["models"]]
 
 
 @pytest.mark.slow
@@ -63,13 +67,13 @@ def test_wheel_has_one_import_root(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"ppl"}, tops
-    for sub in ("transforms", "estimators", "models"):
+    for sub in ("transforms", "estimators", "backends", "models"):
         assert f"ppl/{sub}/__init__.py" in names
 
 
 def test_package_dir_mapping_declared():
     text = (ROOT / "pyproject.toml").read_text()
-    for sub in ("transforms", "estimators", "models"):
+    for sub in ("transforms", "estimators", "backends", "models"):
         assert f'"ppl.{sub}" = "{sub}"' in text
     import ppl.transforms
 

@@ -1,0 +1,6 @@
+"""ppl.backends: the seed papers' other gradient methods, in shapes users already know.
+
+Optimizers are optax ``GradientTransformation``s (``ppl.backends.optim``); training
+diagnostics are callbacks for ``fit`` (``ppl.backends.diagnostics``). Backends may import
+``ppl`` and ``ppl.transforms``; ``ppl.models`` and the main command may import them.
+"""
