@@ -7,10 +7,22 @@ nested dict (``{"enc": {"z": v}}``) or a flat one keyed by tuples or strings;
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 from ._site import fmt_address, normalize_address
 
 __all__ = ["ChoiceMap"]
+
+_SHOWN_ELEMENTS = 8  # arrays up to this many elements print their values, larger ones a summary
+
+
+def _show(v):
+    """A value for ``repr``: its numbers when small and concrete, else dtype and shape."""
+    if isinstance(v, jax.core.Tracer) or not hasattr(v, "shape"):
+        return repr(v) if not hasattr(v, "shape") else f"{v.dtype}{list(v.shape)} (traced)"
+    if v.size <= _SHOWN_ELEMENTS:
+        return np.array2string(np.asarray(v), precision=4, separator=", ")
+    return f"{v.dtype}{list(v.shape)}"
 
 
 @jax.tree_util.register_pytree_node_class
@@ -102,7 +114,7 @@ class ChoiceMap:
         return ChoiceMap({**self._flat, **other._flat})
 
     def __repr__(self):
-        inner = ", ".join(f"{fmt_address(a)!r}: {getattr(v, 'shape', v)}" for a, v in self._flat.items())
+        inner = ", ".join(f"{fmt_address(a)!r}: {_show(v)}" for a, v in self._flat.items())
         return f"ChoiceMap({{{inner}}})"
 
     # --- pytree ----------------------------------------------------------------------------
