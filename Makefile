@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean clean-cache
 
 setup: $(STAMP)
 
@@ -24,7 +24,13 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
+# The project's own outputs; JAX's compilation cache lives outside the tree (clean-cache).
 clean:
-	rm -rf $(VENV) .jax_cache .pytest_cache runs
+	rm -rf $(VENV) .pytest_cache runs
+
+JAX_CACHE := $(or $(PPL_JAX_CACHE),$(HOME)/.cache/ppl/jax)
+
+clean-cache:
+	rm -rf "$(JAX_CACHE)"
