@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -26,6 +27,7 @@ def _est(cls_name, **kw):
         import ppl.estimators
 
         return getattr(ppl.estimators, cls_name)(**kw)
+    make.cls_name = cls_name
     return make
 
 
@@ -51,6 +53,18 @@ ESTIMATORS = {
 #: ``--objective NAME``: (function name in ppl.transforms.objectives, takes --particles).
 OBJECTIVES = {"elbo": ("elbo", False), "elbo-stl": ("elbo_stl", False), "iwae": ("iwae", True),
               "iwae-dreg": ("iwae_dreg", True), "iwae-stl": ("iwae_stl", True), "vimco": ("vimco", True)}
+
+#: estimator class name -> its ``--estimator`` name, to word the library's errors in flags.
+_FLAG_OF_CLASS = {make.cls_name: name for name, make in ESTIMATORS.items()}
+
+
+def _in_flag_terms(message):
+    """The library names estimators by class (``Enum()``); the command line by flag (``enum``)."""
+    for cls, flag in _FLAG_OF_CLASS.items():
+        message = re.sub(rf"\b{cls}\(\)", repr(flag), message)
+        message = re.sub(rf"^{cls} at site", f"estimator {flag!r} at site", message)
+    return message
+
 
 MODELS = ("vae", "dvae", "air")
 _DEFAULT_STEPS = {"vae": 2000, "dvae": 1500, "air": 400}
@@ -175,7 +189,7 @@ def setup(args):
         from ppl.transforms import EstimatorError
 
         if isinstance(e, (EstimatorError, KeyError, TypeError, ValueError)):
-            raise UsageError(" ".join(str(e).strip("'\"").split())) from None
+            raise UsageError(_in_flag_terms(" ".join(str(e).strip("'\"").split()))) from None
         raise
     return task, E, plan
 

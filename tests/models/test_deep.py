@@ -227,7 +227,8 @@ def test_air_transformer_roundtrip_and_steps(digits):
     (["--objective", "nope"], "--objective 'nope': unknown objective"),
     (["--estimator", "z=magic"], "unknown estimator 'magic'"),
     (["--estimator", "zz"], "expected ADDRESS=NAME"),
-    (["--model", "dvae", "--estimator", "z=reparam"], "Reparam at site 'z'"),
+    (["--model", "dvae", "--estimator", "z=reparam"], "estimator 'reparam' at site 'z'"),
+    (["--estimator", "z=enum"], "Use 'score' with a Baseline, 'loo', or 'mvd'"),  # flag names, not classes
     (["--estimator", "nowhere=reparam"], "no random choice"),
     (["--objective", "vimco", "--particles", "1"], "vimco needs k >= 2"),
     (["--data", "mnist", "--mnist-dir", "/nonexistent/mnist"], "MNIST file"),
@@ -245,7 +246,8 @@ def test_cli_bad_flags_in_process(argv, message, capsys, tmp_path):
 def test_cli_bad_flag_subprocess(tmp_path):
     r = _run(["-m", "ppl", "--model", "dvae", "--estimator", "z=reparam"], tmp_path)
     assert r.returncode == 2, r.stderr
-    assert r.stderr.startswith("ppl: error: Reparam at site 'z'") and "Traceback" not in r.stderr
+    assert r.stderr.startswith("ppl: error: estimator 'reparam' at site 'z'") and "Traceback" not in r.stderr
+    assert "Use 'score', 'enum'" in r.stderr and "ScoreFunction()" not in r.stderr
     assert r.stderr.count("\n") == 1
 
 
