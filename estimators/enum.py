@@ -1,8 +1,6 @@
 """Exact enumeration of a finite support."""
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
@@ -20,12 +18,14 @@ class Enum(Estimator):
     """Exact enumeration: ``E = sum_v p_t(v) k(v)``, ``dE = sum_v [dp_t(v) k(v) + p_t(v) dk(v)]``.
 
     ``v`` ranges over the joint support of every element of the site (``K^n`` values for
-    ``n`` elements with ``K`` values each); the continuation is called once per value, in one
+    ``n`` elements with ``K`` values each; the dimensions of an ``Independent`` / ``.to_event``
+    or ``.expand`` wrapper count as elements); the continuation is called once per value, in one
     ``lax.map`` trace, all with the same key (common random numbers downstream; unbiased for any
     key choice). Preconditions: a finite support known at trace time (Bernoulli, Categorical,
     DiscreteUniform / Binomial with Python-number bounds; NumPyro or TFP) of at most
-    ``max_size`` joint values. Variance: this site contributes none (zero variance when it
-    is the only random choice); the cost grows as ``K^n``.
+    ``max_size`` joint values; a masked distribution (``.mask(m)`` with ``m`` not ``True``) is
+    refused, since its log density drops the masked elements. Variance: this site contributes
+    none (zero variance when it is the only random choice); the cost grows as ``K^n``.
 
     ``batch_size``: how many continuation calls run together (``lax.map``'s ``batch_size``).
     The default 2 vmaps pairs: a Bernoulli site's two calls become one vmapped call, 3x faster
@@ -52,13 +52,15 @@ class Enum(Estimator):
                 f"Enum at site {site.name!r}: {d.name} has an infinite or continuous support, which "
                 "cannot be enumerated. Use ScoreFunction() with a Baseline, LeaveOneOut(), or MVD() "
                 "(Poisson, Geometric, Exponential, Normal) instead.")
-        size = vals.shape[0] ** math.prod(d.batch_shape)
+        k, n = d.support_size()
+        size = k ** n
         if size > self.max_size:
             raise EstimatorError(
-                f"Enum at site {site.name!r}: the joint support of {d.name} with batch shape "
-                f"{d.batch_shape} has {vals.shape[0]}^{math.prod(d.batch_shape)} = {size} values, "
-                f"more than max_size={self.max_size}. Raise Enum(max_size=...), split the site, or "
-                "use a sampling estimator (ScoreFunction, LeaveOneOut, MVD, ARM).")
+                f"Enum at site {site.name!r}: the joint support of {d.name} over its {n} independent "
+                f"elements (shape {d.element_shape}: batch dimensions and any reinterpreted by "
+                f".to_event) has {k}^{n} = {size} values, more than max_size={self.max_size}. Raise "
+                "Enum(max_size=...), split the site into smaller ones, or use a sampling estimator "
+                "(ScoreFunction, LeaveOneOut, MVD, ARM/DisARM for Bernoulli).")
 
     def jvp(self, key, site, kont):
         vals = site.dist().enumerate(self.max_size)

@@ -99,8 +99,23 @@ class Dist:
         raise NotImplementedError
 
     def support_values(self):
-        """Per-element support values, shape (K, *batch_shape), or None if not finite."""
+        """Per-element support values, shape ``(K, *element_shape, *element_event)``, or None
+        if not finite. For most distributions the elements are the batch elements; wrappers
+        that reinterpret batch dimensions as event dimensions (``.to_event``) keep them as
+        elements, so enumeration ranges over their joint support."""
         raise NotImplementedError
+
+    @property
+    def element_shape(self) -> tuple:
+        """Shape of the independent elements that enumeration ranges over jointly."""
+        return self.batch_shape
+
+    def support_size(self):
+        """``(K, n)``: values per element and number of elements (the joint support has K^n)."""
+        vals = self.support_values()
+        if vals is None:
+            return None
+        return vals.shape[0], math.prod(self.element_shape)
 
     def canonical(self) -> dict:
         """Canonical parameters of the family (e.g. probs for Bernoulli), differentiable."""
@@ -120,19 +135,20 @@ class Dist:
         if vals is None:
             raise EnumerationError(f"{self.name} has no finite support to enumerate")
         k = vals.shape[0]
-        batch = self.batch_shape
-        n_elem = math.prod(batch)
+        full = self.batch_shape + self.event_shape
+        elem = self.element_shape
+        n_elem = math.prod(elem)
         if n_elem <= 1:
-            return vals.reshape((k,) + batch + self.event_shape)
+            return vals.reshape((k,) + full)
         size = k ** n_elem
         if size > max_size:
             raise EnumerationError(
-                f"{self.name} with batch shape {batch} has a joint support of {k}^{n_elem} = {size} "
-                f"values, more than the limit {max_size}")
-        flat = vals.reshape((k, n_elem) + self.event_shape)
+                f"{self.name} with {n_elem} elements (shape {elem}) has a joint support of "
+                f"{k}^{n_elem} = {size} values, more than the limit {max_size}")
+        flat = vals.reshape((k, n_elem) + vals.shape[1 + len(elem):])
         idx = np.array(list(itertools.product(range(k), repeat=n_elem)), dtype=np.int32)  # (size, n)
         out = flat[idx, np.arange(n_elem)[None, :]]
-        return out.reshape((size,) + batch + self.event_shape)
+        return out.reshape((size,) + full)
 
 
 def _restore_validation(d, flag: bool):
@@ -179,15 +195,14 @@ class NumPyroDist(Dist):
         return d.log_prob(value)
 
     def support_values(self):
-        d = self.base
-        if not d.has_enumerate_support:
-            return None
-        try:
-            return d.enumerate_support(expand=True)
-        except jax.errors.ConcretizationTypeError as e:
-            raise EnumerationError(
-                f"{self.name}'s support size depends on traced parameters; enumeration needs it "
-                "known at trace time (pass the bounds as Python numbers)") from e
+        vals, _ = _numpyro_support(self.base)
+        return vals
+
+    @property
+    def element_shape(self):
+        vals, elem_event_ndim = _numpyro_support(self.base)
+        full = self.batch_shape + self.event_shape
+        return full[:len(full) - elem_event_ndim] if vals is not None else self.batch_shape
 
     def canonical(self):
         d, fam = self.base, self.family
@@ -200,6 +215,41 @@ class NumPyroDist(Dist):
         if fam == "Gamma":
             return {"concentration": d.concentration, "rate": d.rate}
         raise ValueError(f"no canonical parameters for {self.name}")
+
+
+def _numpyro_support(d):
+    """``(values, element_event_ndim)``: support values of shape ``(K, *batch, *event)`` and
+    how many trailing dimensions belong to one element; ``(None, 0)`` for an infinite support.
+
+    NumPyro's ``Independent`` (``.to_event``) claims an enumerable support but its
+    ``enumerate_support`` raises an empty ``NotImplementedError``, and ``ExpandedDistribution``
+    fails the same way around it; both are unwrapped here, the reinterpreted dimensions staying
+    independent elements of the joint support.
+    """
+    if isinstance(d, nd.Independent):
+        return _numpyro_support(d.base_dist)
+    if isinstance(d, nd.ExpandedDistribution):
+        vals, ee = _numpyro_support(d.base_dist)
+        if vals is None:
+            return None, 0
+        target = (vals.shape[0],) + tuple(d.batch_shape) + tuple(d.event_shape)
+        vals = vals.reshape((vals.shape[0],) + (1,) * (len(target) - vals.ndim) + vals.shape[1:])
+        return jnp.broadcast_to(vals, target), ee
+    if isinstance(d, nd.MaskedDistribution):
+        if d._mask is True:
+            return _numpyro_support(d.base_dist)
+        raise EnumerationError(
+            f"{type(d.base_dist).__name__} is masked (.mask(...)): the masked elements' densities "
+            "are dropped, so enumeration weights would not sum to one. Enumerate the unmasked "
+            "distribution and apply the mask to what the program computes from its value")
+    if not d.has_enumerate_support:
+        return None, 0
+    try:
+        return d.enumerate_support(expand=True), len(d.event_shape)
+    except jax.errors.ConcretizationTypeError as e:
+        raise EnumerationError(
+            f"{type(d).__name__}'s support size depends on traced parameters; enumeration needs it "
+            "known at trace time (pass the bounds as Python numbers)") from e
 
 
 class TFPDist(Dist):
@@ -218,7 +268,9 @@ class TFPDist(Dist):
 
     def support_values(self):
         d = self.base
-        batch = self.batch_shape
+        while isinstance(d, _tfd.Independent):  # .to_event: the event dims stay elements
+            d = d.distribution
+        batch = tuple(d.batch_shape)
         if isinstance(d, _tfd.Bernoulli):
             vals = jnp.arange(2, dtype=d.dtype)
         elif isinstance(d, _tfd.Categorical):
@@ -227,6 +279,13 @@ class TFPDist(Dist):
         else:
             return None
         return jnp.broadcast_to(vals.reshape((-1,) + (1,) * len(batch)), (vals.shape[0],) + batch)
+
+    @property
+    def element_shape(self):
+        d = self.base
+        while isinstance(d, _tfd.Independent):
+            d = d.distribution
+        return tuple(d.batch_shape)
 
     def canonical(self):
         d, fam = self.base, self.family
@@ -313,7 +372,11 @@ class BatchedDist(Dist):
         k = vals.shape[0]
         # Support values do not depend on batched parameters for the supported families.
         return jnp.broadcast_to(vals.reshape((k,) + (1,) * len(self.sizes) + vals.shape[1:]),
-                                (k,) + self.batch_shape)
+                                (k,) + self.sizes + vals.shape[1:])
+
+    @property
+    def element_shape(self):
+        return self.sizes + self.inner.element_shape
 
     def canonical(self):
         return self._vmapped(lambda leaves: self._build(leaves).canonical())(self._leaves)
