@@ -15,6 +15,7 @@ never call a library directly; they go through :class:`Dist`:
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
+from numpyro.distributions.util import validate_sample
 
 try:  # TFP is optional: the adapter works without it.
     from tensorflow_probability.substrates import jax as _tfp
@@ -166,12 +168,91 @@ def _restore_validation(d, flag: bool):
             _restore_validation(v, flag)
 
 
+def _log_sigmoid_terms(logits, k, n):
+    """``k log sigmoid(l) + (n - k) log sigmoid(-l)``, a term dropped where its count is 0.
+
+    ``log_sigmoid`` has the right derivative everywhere (``sigmoid(-l)``, 1/2 at 0); dropping
+    a zero-count term keeps the value finite at infinite logits (``0 * -inf``), as NumPyro's is.
+    """
+    def term(count, ls):
+        return jnp.where(count == 0, 0.0, count * ls)
+    return term(k, jax.nn.log_sigmoid(logits)) + term(n - k, jax.nn.log_sigmoid(-logits))
+
+
+def _float(x):
+    return jnp.asarray(x, jnp.result_type(x, float))
+
+
+class _BernoulliLogits(nd.BernoulliLogits):
+    """NumPyro's ``BernoulliLogits`` with a log density whose gradient is right at ``logits = 0``.
+
+    NumPyro 0.22 writes it with ``max(l, 0)`` and ``log1p(exp(-|l|))``, whose derivatives at
+    exactly 0 JAX takes as 0: the gradient comes out ``x`` instead of ``x - 1/2``.
+    """
+
+    @validate_sample
+    def log_prob(self, value):
+        logits = _float(self.logits)
+        return _log_sigmoid_terms(logits, jnp.asarray(value, logits.dtype), 1.0)
+
+
+class _BinomialLogits(nd.BinomialLogits):
+    """NumPyro's ``BinomialLogits`` with the same correction (its normalizer uses
+    ``clip(l, 0)`` and ``exp(-|l|)``: the gradient at 0 comes out ``k`` instead of ``k - n/2``)."""
+
+    @validate_sample
+    def log_prob(self, value):
+        logits = _float(self.logits)
+        n, k = jnp.asarray(self.total_count, logits.dtype), jnp.asarray(value, logits.dtype)
+        log_binom = jax.scipy.special.gammaln(n + 1) - jax.scipy.special.gammaln(k + 1) \
+            - jax.scipy.special.gammaln(n - k + 1)
+        return log_binom + _log_sigmoid_terms(logits, k, n)
+
+
+#: NumPyro classes whose ``log_prob`` has a wrong derivative, and the corrected subclass.
+_CORRECTED = {nd.BernoulliLogits: _BernoulliLogits, nd.BinomialLogits: _BinomialLogits}
+
+
+def _corrected(d):
+    """``d`` with every defective distribution inside it replaced by its corrected subclass.
+
+    One mechanism for bare distributions and every NumPyro wrapper (``Independent`` from
+    ``.to_event``, ``ExpandedDistribution`` from ``.expand``, ``MaskedDistribution`` from
+    ``.mask``, ``TransformedDistribution``, mixtures, zero-inflated and hurdle
+    distributions, ...): wrappers keep their children among their attributes (alone or in a
+    list/tuple), so the walk unwraps each one, corrects what it finds and rewraps shallow
+    copies. ``d`` itself is never modified; ``d`` is returned when nothing needs correcting.
+    """
+    def fix(obj):
+        if isinstance(obj, nd.Distribution):
+            return _corrected(obj)
+        if isinstance(obj, (list, tuple)) and any(isinstance(o, nd.Distribution) for o in obj):
+            return type(obj)(fix(o) for o in obj)
+        return obj
+
+    changed = {}
+    for name, v in vars(d).items():
+        new = fix(v)
+        if new is not v:
+            changed[name] = new
+    cls = _CORRECTED.get(type(d))
+    if cls is None and not changed:
+        return d
+    out = copy.copy(d)
+    if cls is not None:
+        out.__class__ = cls
+    vars(out).update(changed)
+    return out
+
+
 class NumPyroDist(Dist):
     def __init__(self, d):
         from numpyro.distributions import distribution as _npd
 
         _restore_validation(d, bool(getattr(_npd, "_VALIDATION_ENABLED", False)))
         self.base = d
+        # densities come from a copy with NumPyro's wrong-derivative classes corrected
+        self._density = _corrected(d)
 
     def _draw(self, key):
         return self.base.sample(key)
@@ -186,13 +267,7 @@ class NumPyroDist(Dist):
         return bool(self.base.has_rsample)
 
     def log_prob(self, value):
-        d = self.base
-        # NumPyro's BernoulliLogits has a wrong gradient at logits == 0 exactly; use log-sigmoid.
-        if isinstance(d, nd.BernoulliLogits):
-            v = jnp.asarray(value, d.logits.dtype)
-            lp = v * jax.nn.log_sigmoid(d.logits) + (1 - v) * jax.nn.log_sigmoid(-d.logits)
-            return jnp.where(d._validate_sample(v), lp, -jnp.inf) if d._validate_args else lp
-        return d.log_prob(value)
+        return self._density.log_prob(value)
 
     def support_values(self):
         vals, _ = _numpyro_support(self.base)
