@@ -20,6 +20,7 @@ __all__ = ["save", "load", "CheckpointError"]
 
 _META = "__meta__"
 _HISTORY = "__history__"
+_EXTRA = "__extra__."
 
 
 class CheckpointError(ValueError):
@@ -35,14 +36,17 @@ def _flatten(state):
     return out
 
 
-def save(path, state, history=None):
-    """Write ``state`` (a pytree of arrays) and an optional loss history to ``path``."""
+def save(path, state, history=None, extras=None):
+    """Write ``state`` (a pytree of arrays), an optional loss history and optional named 1-D
+    ``extras`` (e.g. the batch size of every step) to ``path``."""
     arrays = _flatten(state)
-    if _META in arrays or _HISTORY in arrays:
+    if _META in arrays or _HISTORY in arrays or any(k.startswith(_EXTRA) for k in arrays):
         raise ValueError("state has a leaf named like checkpoint metadata")
     meta = {"format": "ppl-checkpoint-1", "keys": sorted(arrays)}
     arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     arrays[_HISTORY] = np.asarray([] if history is None else history, np.float32)
+    for name, value in (extras or {}).items():
+        arrays[_EXTRA + name] = np.asarray(value)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".npz.tmp", dir=folder)
@@ -58,8 +62,12 @@ def save(path, state, history=None):
         raise
 
 
-def load(path, template):
-    """``(state, history)`` from ``path``, shaped like ``template`` (e.g. ``kernel.init(params)``)."""
+def load(path, template, extras=None):
+    """``(state, history)`` from ``path``, shaped like ``template`` (e.g. ``kernel.init(params)``).
+
+    ``extras``: names of arrays saved with ``save(..., extras=)``; then ``(state, history,
+    {name: array})`` is returned, and a missing name is a CheckpointError.
+    """
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path!r}")
     try:
@@ -91,4 +99,10 @@ def load(path, template):
                                   f"{arr.dtype}, the state expects {tuple(want)} {want_dtype}")
         leaves.append(jax.numpy.asarray(arr))
     state = jax.tree_util.tree_unflatten(treedef, leaves)
-    return state, data[_HISTORY]
+    if extras is None:
+        return state, data[_HISTORY]
+    missing = [name for name in extras if _EXTRA + name not in data]
+    if missing:
+        raise CheckpointError(f"checkpoint {path!r} has no {', '.join(missing)}: it was written by another "
+                              "kind of run")
+    return state, data[_HISTORY], {name: data[_EXTRA + name] for name in extras}

@@ -70,7 +70,9 @@ class NonFiniteError(FloatingPointError):
 
 
 def kernel(loss: Callable, optimizer: optax.GradientTransformation) -> Kernel:
-    """``init(params) -> FitState``; ``step(key, state, batch) -> (state, info)``.
+    """``init(params) -> FitState``; ``step(key, state, batch, **extra_args) -> (state, info)``.
+
+    ``extra_args`` (optional) go to the optimizer's ``update`` as optax extra arguments.
 
     ``info`` has ``loss``, ``grad_norm`` and ``finite``; a non-finite step leaves the state
     unchanged (``finite`` is False), so callers can stop on it.
@@ -80,11 +82,15 @@ def kernel(loss: Callable, optimizer: optax.GradientTransformation) -> Kernel:
         params = jax.tree_util.tree_map(jnp.asarray, params)
         return FitState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
-    def step(key, state, batch=None):
+    def step(key, state, batch=None, **extra_args):
         value, grads = jax.value_and_grad(loss, argnums=1)(key, state.params, batch)
         leaves = jax.tree_util.tree_leaves(grads)
         finite = jnp.isfinite(value) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in leaves]))
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        if extra_args:  # e.g. batch_size= in adaptive-batch mode; plain transforms ignore them
+            updates, opt_state = optax.with_extra_args_support(optimizer).update(
+                grads, state.opt_state, state.params, **extra_args)
+        else:
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = FitState(params, opt_state, state.step + 1)
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, state)
@@ -98,6 +104,7 @@ class FitResult:
     params: Any
     state: FitState
     history: np.ndarray  # loss per step, from step 0 (restored from the checkpoint on resume)
+    batch_sizes: np.ndarray | None = None  # adaptive-batch mode: the batch size of every step
 
 
 def _epoch_permutation(key, epoch, n):
@@ -159,9 +166,28 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
     non-finite step, re-run it eagerly with ADEV's site checks to name the random choice.
     ``compiler_options``: XLA options for compiling the chunk (``jax.jit``'s argument), e.g.
     :data:`CPU_FUSED_DOTS`; checked before anything runs.
+
+    ``batch_size``: an int, or an adaptive-batch controller such as
+    ``ppl.backends.adaptive.AdaptiveBatch`` (any object with ``initial``, ``maximum``, ``every``,
+    ``buckets()`` and a jit-compatible ``next_batch_size(per_example_grads, current)``). Then
+    the batch size of each step is chosen by the controller from the previous step's
+    per-example gradients, the optimizer's ``update`` receives ``batch_size=`` as an extra
+    argument, minibatches are consecutive slices of a stream of epoch permutations (no example
+    dropped at epoch ends), and ``FitResult.batch_sizes`` holds the batch size of every step
+    (checkpointed; resumed exactly). ``debug`` is not supported in this mode.
     """
     if num_steps < 0 or chunk < 1:
         raise ValueError(f"fit: num_steps must be >= 0 and chunk >= 1 (got {num_steps}, {chunk})")
+    if batch_size is not None and not isinstance(batch_size, (int, np.integer)):
+        from ._adaptive_fit import fit_adaptive  # an adaptive-batch controller (duck-typed)
+
+        if debug:
+            raise ValueError("fit(debug=True) is not supported with an adaptive batch size; rerun the failing "
+                             "step with a fixed batch_size to name the random choice")
+
+        return fit_adaptive(loss, optimizer, params, key=key, num_steps=num_steps, data=data,
+                            controller=batch_size, chunk=chunk, checkpoint=checkpoint, resume=resume,
+                            callbacks=callbacks, progress=progress, compiler_options=compiler_options)
     _check_data(data, batch_size)
     _check_compiler_options(compiler_options)
     kern = kernel(loss, optimizer)
