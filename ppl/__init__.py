@@ -6,6 +6,7 @@ a program into an ordinary JAX function with explicit PRNG keys. Objectives are 
 too: :mod:`ppl.transforms` turns them into unbiased gradient estimators (ADEV), with the
 estimator of each random choice chosen from :mod:`ppl.estimators`.
 """
+from ._effects import NumPyroEffectError
 from ._interp import UnsupportedControlFlow
 from ._site import deterministic, sample, set_validation
 from .choicemap import ChoiceMap
@@ -18,4 +19,5 @@ __all__ = [
     "sample", "deterministic", "call", "set_validation",
     "simulate", "assess", "generate", "importance", "replay", "condition", "harvest",
     "Trace", "ChoiceMap", "Dist", "as_dist", "EnumerationError", "UnsupportedControlFlow",
+    "NumPyroEffectError",
 ]

@@ -20,6 +20,7 @@ import functools
 import jax
 
 from . import _compat
+from ._effects import guard
 from ._site import Site, det_p, fmt_address, sample_p
 
 __all__ = ["run", "stage", "Handler", "contains_sites", "site_addresses", "UnsupportedControlFlow"]
@@ -104,7 +105,8 @@ def stage(fn, args):
     def flat_fn(*leaves):
         return fn(*jax.tree_util.tree_unflatten(in_tree, leaves))
 
-    closed, out_tree = _compat.make_jaxpr(flat_fn, *flat)
+    with guard():  # NumPyro's own effect primitives inside the program are refused by name
+        closed, out_tree = _compat.make_jaxpr(flat_fn, *flat)
     return closed, flat, out_tree
 
 

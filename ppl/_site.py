@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _compat
+from ._effects import check_no_handler
 from .distributions import BatchedDist, as_dist, is_distribution
 
 __all__ = ["sample", "deterministic", "sample_p", "det_p", "Site", "normalize_address", "bind_site"]
@@ -67,6 +68,7 @@ def sample(address, distribution, *, obs=None, estimator=None):
     Returns the value (inside an interpreter).
     """
     addr = normalize_address(address)
+    check_no_handler(f"ppl.sample({fmt_address(addr)!r}, ...)")
     if not is_distribution(distribution):
         raise TypeError(
             f"sample({fmt_address(addr)!r}, ...): expected a NumPyro or TFP-on-JAX distribution, "
@@ -98,6 +100,7 @@ def bind_site(leaves, obs, params):
 def deterministic(address, value):
     """Record a deterministic ``value`` at ``address`` in the trace; returns ``value``."""
     addr = normalize_address(address)
+    check_no_handler(f"ppl.deterministic({fmt_address(addr)!r}, ...)")
     value = jnp.asarray(value)
     return det_p.bind(value, addr=addr, batch=())
 
