@@ -44,9 +44,9 @@ def _check_number(where, name, value, *, positive=False, allow_zero=True):
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: {name} must be a number, got {value!r}") from None
+        raise ValueError(f"{where}: {name}={value!r} must be a number") from None
     if not np.isfinite(v) or v < 0 or (v == 0 and (positive or not allow_zero)):
-        raise ValueError(f"{where}: {name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+        raise ValueError(f"{where}: {name}={value!r} must be a finite number {'> 0' if positive else '>= 0'}")
 
 
 # ---------------------------------------------------------------- AdaGrad-Norm

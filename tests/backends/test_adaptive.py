@@ -94,7 +94,7 @@ def test_adaptive_batch_buckets_and_monotone_rule():
     (dict(test="norm"), "needs eta="),
     (dict(test="augmented", theta=0.5), "needs nu="),
     (dict(test="norm", eta=0.1, theta=0.2), "theta= is not used"),
-    (dict(test="norm", eta=-0.1), "eta must be"),
+    (dict(test="norm", eta=-0.1), "eta=-0.1 must be"),
     (dict(test="norm", eta=0.1, initial=1), "initial must be >= 2"),
     (dict(test="norm", eta=0.1, initial=8, maximum=4), "maximum"),
     (dict(test="norm", eta=0.1, every=0), "every must be"),
