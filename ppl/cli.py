@@ -15,7 +15,8 @@ import re
 import sys
 import time
 
-__all__ = ["main", "build_parser", "use_compilation_cache", "ESTIMATORS", "OBJECTIVES", "UsageError"]
+__all__ = ["main", "build_parser", "use_compilation_cache", "make_optimizer", "ESTIMATORS", "OBJECTIVES",
+           "OPTIMIZERS", "UsageError"]
 
 
 class UsageError(Exception):
@@ -66,6 +67,17 @@ def _in_flag_terms(message):
     return message
 
 
+#: ``--optimizer NAME``: name -> the hyperparameter flags it takes (besides --lr). Built by
+#: :func:`make_optimizer`; ppl's own optimizers come from :mod:`ppl.backends.optim`.
+OPTIMIZERS = {
+    "adam": ("b1", "b2", "weight_decay"),
+    "sgd": ("momentum",),
+    "diffgrad": ("b1", "b2", "weight_decay"),
+    "mfac": ("mfac_grads", "damping", "momentum", "weight_decay"),
+    "rm3": (),
+}
+_OPT_DEFAULTS = {"b1": 0.9, "b2": 0.999, "weight_decay": 0.0, "momentum": 0.0, "mfac_grads": 32, "damping": 1e-5}
+
 MODELS = ("vae", "dvae", "air")
 _DEFAULT_STEPS = {"vae": 2000, "dvae": 1500, "air": 400}
 
@@ -89,7 +101,17 @@ def build_parser():
     p.add_argument("--mnist-dir", default=None, metavar="PATH", help="MNIST IDX folder (or env PPL_MNIST_DIR)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: vae 2000, dvae 1500, air 400)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--optimizer", default="adam", help=" | ".join(OPTIMIZERS) + " (default adam); rm3 is the "
+                   "median of the last three gradients followed by SGD")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--b1", type=float, default=None, help="adam, diffgrad: first-moment decay (default 0.9)")
+    p.add_argument("--b2", type=float, default=None, help="adam, diffgrad: second-moment decay (default 0.999)")
+    p.add_argument("--momentum", type=float, default=None, help="sgd, mfac: momentum in [0, 1) (default 0)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="adam, diffgrad, mfac: L2 penalty added to the gradient (default 0)")
+    p.add_argument("--mfac-grads", type=int, default=None, metavar="M",
+                   help="mfac: gradients in the sliding window (default 32)")
+    p.add_argument("--damping", type=float, default=None, help="mfac: damping lambda of the Fisher (default 1e-5)")
     p.add_argument("--latent", type=int, default=None, help="latent size (vae 10, dvae 8; dvae Enum needs <= 12)")
     p.add_argument("--hidden", type=int, default=None, help="hidden units per layer (default 200 vae, 64 dvae/air)")
     p.add_argument("--eval-particles", type=int, default=1000, help="particles of the test log-likelihood (vae)")
@@ -155,6 +177,48 @@ def _check_numbers(args):
         raise UsageError(f"--lr must be > 0, got {args.lr}")
 
 
+def make_optimizer(args):
+    """The optax optimizer named by ``--optimizer`` with its hyperparameter flags; a flag that
+    does not apply to that optimizer, or a bad value, is a :class:`UsageError`."""
+    import optax
+
+    from ppl.backends import optim
+
+    name = args.optimizer
+    if name not in OPTIMIZERS:
+        raise UsageError(f"--optimizer {name!r}: unknown optimizer; choose one of {', '.join(OPTIMIZERS)}")
+    for flag in _OPT_DEFAULTS:
+        if getattr(args, flag) is not None and flag not in OPTIMIZERS[name]:
+            users = [k for k, v in OPTIMIZERS.items() if flag in v]
+            raise UsageError(f"--{flag.replace('_', '-')} applies to --optimizer {' / '.join(users)}, "
+                             f"not {name}")
+    hp = {k: (_OPT_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k)) for k in OPTIMIZERS[name]}
+    try:
+        if name == "adam":
+            _check_unit("b1", hp["b1"])
+            _check_unit("b2", hp["b2"])
+            if hp["weight_decay"] < 0:
+                raise ValueError(f"--weight-decay must be >= 0, got {hp['weight_decay']}")
+            adam = optax.adam(args.lr, b1=hp["b1"], b2=hp["b2"])
+            return optax.chain(optax.add_decayed_weights(hp["weight_decay"]), adam) if hp["weight_decay"] else adam
+        if name == "sgd":
+            _check_unit("momentum", hp["momentum"])
+            return optax.sgd(args.lr, momentum=hp["momentum"] or None)
+        if name == "diffgrad":
+            return optim.diffgrad(args.lr, b1=hp["b1"], b2=hp["b2"], weight_decay=hp["weight_decay"])
+        if name == "mfac":
+            return optim.mfac(args.lr, num_grads=hp["mfac_grads"], damping=hp["damping"], momentum=hp["momentum"],
+                              weight_decay=hp["weight_decay"])
+        return optax.chain(optim.rm3(), optax.sgd(args.lr))
+    except ValueError as e:
+        raise UsageError(f"--optimizer {name}: {e}") from None
+
+
+def _check_unit(flag, value):
+    if not 0 <= value < 1:
+        raise ValueError(f"--{flag} must lie in [0, 1), got {value}")
+
+
 def _objective(args, model, guide, mapping):
     from ppl.transforms import expectation
     from ppl.transforms import objectives as O
@@ -175,6 +239,7 @@ def setup(args):
     if args.objective not in OBJECTIVES:
         raise UsageError(f"--objective {args.objective!r}: unknown objective; choose one of {', '.join(OBJECTIVES)}")
     _check_numbers(args)
+    make_optimizer(args)  # checks the optimizer's flags before anything is built
     mapping = _estimators(args.estimator, args.model, args.air_hybrid)
     ds = _load_data(args)
     if args.batch_size > ds.x_train.shape[0]:
@@ -216,7 +281,6 @@ def _compilation_cache(args):
 def run(args):
     import jax
     import numpy as np
-    import optax
 
     from ppl.models import _plots
     from ppl.transforms.fit import NonFiniteError, fit
@@ -226,7 +290,8 @@ def run(args):
     out = _plots.ensure_dir(args.out or os.path.join("runs", args.model))
     steps = _DEFAULT_STEPS[args.model] if args.steps is None else args.steps
     print(f"model {args.model} on {task.data_name}; objective {args.objective}"
-          + (f" (K={args.particles})" if OBJECTIVES[args.objective][1] else "") + f"; {steps} steps")
+          + (f" (K={args.particles})" if OBJECTIVES[args.objective][1] else "") + f"; {steps} steps; optimizer "
+          + args.optimizer + "".join(f" {k}={v}" for k, v in {"lr": args.lr, **_optimizer_flags(args)}.items()))
     print(plan)
     key = jax.random.key(args.seed)
     k_init, k_fit, k_eval = jax.random.split(key, 3)
@@ -234,7 +299,7 @@ def run(args):
     ckpt = os.path.join(out, "checkpoint.npz")
     t0 = time.time()
     try:
-        res = fit(task.loss(E), optax.adam(args.lr), params, key=k_fit, num_steps=steps, data=task.train,
+        res = fit(task.loss(E), make_optimizer(args), params, key=k_fit, num_steps=steps, data=task.train,
                   batch_size=args.batch_size, chunk=min(args.chunk, max(steps, 1)), checkpoint=ckpt,
                   resume=args.resume, progress=False if args.no_progress else None,
                   compiler_options=task.compiler_options)
@@ -249,6 +314,7 @@ def run(args):
                "estimators": [{"address": r["address"], "estimator": r["estimator"], "unbiased": r["unbiased"]}
                               for r in plan.rows],
                "steps": steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+               "optimizer": {"name": args.optimizer, **_optimizer_flags(args)},
                "compilation_cache": cache, "compiler_options": task.compiler_options,
                "train_seconds": round(train_s, 2),
                "final_loss_mean_last_100": float(np.mean(res.history[-100:])) if len(res.history) else None,
@@ -260,6 +326,10 @@ def run(args):
     print(f"trained in {train_s:.1f}s; plots: {', '.join(plots)}")
     print(f"summary: {os.path.join(out, 'summary.json')}; checkpoint: {ckpt}")
     return 0
+
+
+def _optimizer_flags(args):
+    return {k: (_OPT_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k)) for k in OPTIMIZERS[args.optimizer]}
 
 
 def main(argv=None):
