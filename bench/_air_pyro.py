@@ -16,7 +16,8 @@ writes into the .npz (hidden follows from the parameter shapes), so the twin fol
   in [-1, 1] coordinates, bilinear with zeros outside, pixel centres
   (``affine_grid``/``grid_sample`` with ``align_corners=False`` is exactly ppl's ``place`` /
   ``extract``).
-- guide: ``h = tanh(W [x, h, where, what] + b)``; presence logits ``dense(h) + 1``; where
+- guide: ``h = tanh(W [x, h, where, what, alive] + b)`` (``alive``: the product of the earlier
+  presences, the published guide's previous ``z_pres``); presence logits ``dense(h) + 1``; where
   ``N(loc, softplus(. - 1) + 1e-3)`` from ``dense(h)``; what from the MLP
   ``[glimpse(x, where), h] -> hidden -> 2 Zw`` with scale ``softplus(. + 0.5413) + 1e-3``.
 
@@ -87,7 +88,15 @@ def _affine(where):
 
 
 def _sample_grid(image, a, shift_x, shift_y, size):
-    """``image`` (B, H, W) read at ``a * u + shift`` for the pixel centres ``u`` of a size x size grid."""
+    """``image`` (..., H, W) read at ``a * u + shift`` for the pixel centres ``u`` of a size x size
+    grid; leading axes (batch, and enumeration under TraceEnum_ELBO) broadcast and are flattened."""
+    lead = torch.broadcast_shapes(image.shape[:-2], a.shape)
+    out = _sample_grid_flat(image.expand(lead + image.shape[-2:]).reshape((-1,) + image.shape[-2:]),
+                            *(v.expand(lead).reshape(-1) for v in (a, shift_x, shift_y)), size)
+    return out.reshape(lead + out.shape[-2:])
+
+
+def _sample_grid_flat(image, a, shift_x, shift_y, size):
     zero = torch.zeros_like(a)
     theta = torch.stack([torch.stack([a, zero, shift_x], -1), torch.stack([zero, a, shift_y], -1)], -2)
     grid = F.affine_grid(theta, (image.shape[0], 1, size, size), align_corners=False)
@@ -119,10 +128,16 @@ def model(x):
             where = pyro.sample(f"where/{i}", dist.Normal(x.new_zeros((b, 3)), 1.0).to_event(1))
             what = pyro.sample(f"what/{i}", dist.Normal(x.new_zeros((b, zw)), 1.0).to_event(1))
             alive = alive * pres  # under enumeration it gains one enumeration dimension per step
-            glimpse = torch.sigmoid(_mlp(dec, what)).reshape(b, g, g)
+            glimpse = torch.sigmoid(_mlp(dec, what)).unflatten(-1, (g, g))
             canvas = canvas + alive[..., None, None] * place(glimpse, where)
         loc = canvas.reshape(canvas.shape[:-2] + (c * c,))
         pyro.sample("x", dist.Normal(loc, C["obs_scale"]).to_event(1), obs=x)
+
+
+def _cat(parts):
+    """Concatenate along the last axis after broadcasting the leading (enumeration, batch) axes."""
+    lead = torch.broadcast_shapes(*(q.shape[:-1] for q in parts))
+    return torch.cat([q.expand(lead + q.shape[-1:]) for q in parts], -1)
 
 
 def guide(x, presence="sample"):
@@ -136,14 +151,15 @@ def guide(x, presence="sample"):
         infer = {"baseline": {"baseline_value": _mlp(_layers("baseline"), x)[:, 0]}}
     with pyro.plate("data", b):
         h = x.new_zeros((b, rnn[0][1].shape[0]))
-        where, what = x.new_zeros((b, 3)), x.new_zeros((b, zw))
+        where, what, alive = x.new_zeros((b, 3)), x.new_zeros((b, zw)), x.new_ones((b, 1))
         for i in range(C["max_steps"]):
-            h = torch.tanh(_mlp(rnn, torch.cat([x, h, where, what], -1)))
-            pyro.sample(f"present/{i}", dist.Bernoulli(logits=_mlp(pres_l, h)[:, 0] + 1.0), infer=infer)
+            h = torch.tanh(_mlp(rnn, _cat([x, h, where, what, alive])))
+            pres = pyro.sample(f"present/{i}", dist.Bernoulli(logits=_mlp(pres_l, h)[..., 0] + 1.0), infer=infer)
+            alive = alive * pres[..., None]  # under enumeration it gains one enumeration dimension per step
             wl, ws = _mlp(where_l, h).chunk(2, -1)
             where = pyro.sample(f"where/{i}", dist.Normal(wl, F.softplus(ws - 1.0) + 1e-3).to_event(1))
-            glimpse = extract(x.reshape(b, c, c), where).reshape(b, -1)
-            ql, qs = _mlp(what_l, torch.cat([glimpse, h], -1)).chunk(2, -1)
+            glimpse = extract(x.reshape(b, c, c), where).flatten(-2)
+            ql, qs = _mlp(what_l, _cat([glimpse, h])).chunk(2, -1)
             what = pyro.sample(f"what/{i}", dist.Normal(ql, F.softplus(qs + 0.5413) + 1e-3).to_event(1))
 
 

@@ -8,8 +8,11 @@ leaves ``p(x)`` unchanged and keeps every address present in every run, so no co
 is random). ``x ~ Normal(sum of objects, obs_scale)``. An object is ``sigmoid(decoder(what))``
 (G x G) placed by a spatial transformer (bilinear sampling) with scale
 ``s = 0.5 exp(0.2 where_0)`` and shift ``(0.6 where_1, 0.6 where_2)`` in canvas coordinates
-[-1, 1]. Guide: a recurrent MLP over the canvas, and for ``what`` an encoder of the glimpse
-read from the canvas at ``where`` (inverse transformer).
+[-1, 1]. Guide, as in Eslami et al. and Pyro's AIR: a recurrent MLP over the canvas whose
+state at step ``i`` reads the previous step's choices (``where``, ``what`` and presence: the
+product ``present_0 ... present_{i-1}``, which is the published ``z_pres`` of the previous step,
+absorbing at 0), and for ``what`` an encoder of the glimpse read from the canvas at ``where``
+(inverse transformer).
 
 Sites: ``("present", i)`` (TFP Bernoulli, float values: ScoreFunction by default; Enum, MVD,
 LeaveOneOut apply), ``("where", i)`` and ``("what", i)`` (Normal, Reparam by default).
@@ -131,7 +134,7 @@ def init_params(key, cfg: AIRConfig = AIRConfig()) -> dict:
     k = jax.random.split(key, 5)
     c2, g2, h = cfg.canvas**2, cfg.glimpse**2, cfg.hidden
     theta = {"dec": mlp_init(k[0], [cfg.z_what, h, g2])}
-    phi = {"rnn": mlp_init(k[1], [c2 + h + 3 + cfg.z_what, h]),
+    phi = {"rnn": mlp_init(k[1], [c2 + h + 3 + cfg.z_what + 1, h]),  # reads [x, h, where, what, alive]
            "pres": dense_init(k[2], h, 1, scale=0.1),
            "where": dense_init(k[3], h, 6, scale=0.1),
            "what": mlp_init(k[4], [g2 + h, h, 2 * cfg.z_what], final_scale=0.1)}
@@ -169,15 +172,16 @@ def guide(phi, x, cfg: AIRConfig = AIRConfig()):
     zw = phi["what"][-1]["b"].shape[0] // 2
     g = int(round((phi["what"][0]["w"].shape[0] - h.shape[1]) ** 0.5))
     c = int(round(x.shape[-1] ** 0.5))
-    where, what = jnp.zeros((b, 3)), jnp.zeros((b, zw))
-    # the recurrent layer reads [x, h, where, what]; the canvas' share of its product is the
-    # same at every step, so it is computed once (same values as the concatenated product)
+    where, what, alive = jnp.zeros((b, 3)), jnp.zeros((b, zw)), jnp.ones((b, 1))
+    # the recurrent layer reads [x, h, where, what, alive] (alive: the previous steps' presence,
+    # 1 until the first absent step); the canvas' share of its product is the same at every
+    # step, so it is computed once (same values as the concatenated product)
     first, rest = phi["rnn"][0], phi["rnn"][1:]
     w_x, w_state = first["w"][:x.shape[-1]], first["w"][x.shape[-1]:]
     xw = x @ w_x + first["b"]
     out = []
     for i in range(cfg.max_steps):
-        pre = xw + jnp.concatenate([h, where, what], -1) @ w_state
+        pre = xw + jnp.concatenate([h, where, what, alive], -1) @ w_state
         h = jnp.tanh(mlp_apply(rest, jnp.tanh(pre)) if rest else pre)
         pres = ppl.sample(("present", i), tfd.Bernoulli(logits=dense_apply(phi["pres"], h)[:, 0] + 1.0, dtype=jnp.float32))
         wl, ws = jnp.split(dense_apply(phi["where"], h), 2, -1)
@@ -185,6 +189,7 @@ def guide(phi, x, cfg: AIRConfig = AIRConfig()):
         glimpse = jax.vmap(extract, (0, 0, None))(x.reshape(b, c, c), where, g).reshape(b, -1)
         ql, qs = jnp.split(mlp_apply(phi["what"], jnp.concatenate([glimpse, h], -1)), 2, -1)
         what = ppl.sample(("what", i), nd.Normal(ql, jax.nn.softplus(qs + 0.5413) + 1e-3).to_event(1))
+        alive = alive * pres[:, None]
         out.append((pres, where, what))
     return out
 

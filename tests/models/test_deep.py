@@ -151,7 +151,8 @@ def test_air_transformer_matches_neighbour_sampling_values_and_gradients():
 @pytest.mark.parametrize("rnn_layers", [1, 2])
 def test_air_guide_density_matches_the_concatenated_recurrent_layer(digits, rnn_layers):
     """The guide computes the canvas' share of its recurrent layer once; log q must equal the
-    textbook step ``h = tanh(mlp([x, h, where, what]))`` (what bench/_air_pyro.py writes)."""
+    textbook step ``h = tanh(mlp([x, h, where, what, alive]))`` (what bench/_air_pyro.py writes),
+    with ``alive`` the product of the earlier presences (the published guide's previous ``z_pres``)."""
     from jax.scipy.stats import norm
 
     from ppl.models import air
@@ -161,12 +162,12 @@ def test_air_guide_density_matches_the_concatenated_recurrent_layer(digits, rnn_
     x, _ = air.make_canvases(jax.random.key(0), digits.images(digits.x_train), 2, cfg)
     phi = air.init_params(jax.random.key(1), cfg)["phi"]
     if rnn_layers == 2:  # init_params makes one layer; a deeper recurrent MLP must work too
-        phi["rnn"] = mlp_init(jax.random.key(3), [256 + 16 + 3 + 6, 16, 16])
+        phi["rnn"] = mlp_init(jax.random.key(3), [256 + 16 + 3 + 6 + 1, 16, 16])
     tr = ppl.simulate(air.guide)(jax.random.key(2), phi, x)
-    h, where, what = jnp.zeros((2, 16)), jnp.zeros((2, 3)), jnp.zeros((2, 6))
+    h, where, what, alive = jnp.zeros((2, 16)), jnp.zeros((2, 3)), jnp.zeros((2, 6)), jnp.ones((2, 1))
     logq = jnp.zeros(())
     for pres, w, z in tr.retval:
-        h = jnp.tanh(mlp_apply(phi["rnn"], jnp.concatenate([x, h, where, what], -1)))
+        h = jnp.tanh(mlp_apply(phi["rnn"], jnp.concatenate([x, h, where, what, alive], -1)))
         logit = dense_apply(phi["pres"], h)[:, 0] + 1.0
         logq += jnp.sum(pres * jax.nn.log_sigmoid(logit) + (1 - pres) * jax.nn.log_sigmoid(-logit))
         wl, ws = jnp.split(dense_apply(phi["where"], h), 2, -1)
@@ -174,7 +175,7 @@ def test_air_guide_density_matches_the_concatenated_recurrent_layer(digits, rnn_
         glimpse = jax.vmap(air.extract, (0, 0, None))(x.reshape(2, 16, 16), w, 8).reshape(2, -1)
         ql, qs = jnp.split(mlp_apply(phi["what"], jnp.concatenate([glimpse, h], -1)), 2, -1)
         logq += jnp.sum(norm.logpdf(z, ql, jax.nn.softplus(qs + 0.5413) + 1e-3))
-        where, what = w, z
+        where, what, alive = w, z, alive * pres[:, None]
     np.testing.assert_allclose(tr.score, logq, rtol=1e-5)
 
 
