@@ -99,6 +99,7 @@ def _good_arrays():
     ("an unlisted array", lambda a: a.update(extra=np.zeros(2)), r"extra: \['extra'\]"),
     ("a listed array missing", lambda a: a.pop("['w']"), r"missing: \[\"\['w'\]\"\]"),
     ("a string array", lambda a: a.update({"['w']": np.array(["a", "b", "c"])}), "not a numeric array"),
+    ("a string extra", lambda a: a.update({"__extra__.batch": np.array(["a"])}), "not a numeric array"),
 ])
 def test_malformed_structure_is_named(tmp_path, what, edit, match):
     arrays = _good_arrays()
