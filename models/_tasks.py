@@ -37,6 +37,25 @@ def make_loss(E, model_args, guide_args, *, per_example: bool, binarized: bool):
     return loss
 
 
+#: Default particles K of the test log-likelihood, per data set: MNIST's 10,000 test images at
+#: K = 1000 would take longer than a default training run on a CPU, so it gets K = 100.
+EVAL_PARTICLES = {"digits": 1000, "mnist": 100}
+
+
+def eval_particles(args, ds) -> int:
+    """``--eval-particles``, or the data set's default."""
+    return args.eval_particles or EVAL_PARTICLES.get(ds.name, 100)
+
+
+def _progress_flag(args):
+    return False if getattr(args, "no_progress", False) else None
+
+
+def _ll_metrics(ll, k):
+    """One name for the same metric in every model: the estimate and its K."""
+    return {"test_log_likelihood": float(jnp.mean(ll)), "test_log_likelihood_particles": int(k)}
+
+
 @dataclasses.dataclass
 class Task:
     data_name: str
@@ -63,10 +82,14 @@ def _image_plots(out, history, module, params, x_test, image_shape):
     k1, k2 = jax.random.split(jax.random.key(1))
     xs = x_test[:10]
     samples = np.asarray(module.sample_images(k2, params, 30)).reshape(3, 10, -1)
-    return [_plots.learning_curve(os.path.join(out, "learning_curve.png"), history),
-            _plots.image_grid(os.path.join(out, "reconstructions.png"), [xs, module.reconstruct(k1, params, xs)],
-                              image_shape, titles=["data", "reconstruction"]),
-            _plots.image_grid(os.path.join(out, "samples.png"), samples, image_shape)]
+    name = module.__name__.rsplit(".", 1)[-1].upper()
+    paths = [_plots.learning_curve(os.path.join(out, "learning_curve.png"), history, title=f"{name}: training loss"),
+             _plots.image_grid(os.path.join(out, "reconstructions.png"), [xs, module.reconstruct(k1, params, xs)],
+                               image_shape, titles=["test images", "reconstructions"],
+                               suptitle=f"{name}: test images, reconstructions (one guide draw, Bernoulli means)"),
+             _plots.image_grid(os.path.join(out, "samples.png"), samples, image_shape,
+                               suptitle=f"{name}: 30 samples from the model (prior draws, Bernoulli means)")]
+    return [p for p in paths if p is not None]
 
 
 def vae(args, ds):
@@ -81,9 +104,9 @@ def vae(args, ds):
 
     def metrics(key, params):
         k1, k2 = jax.random.split(key)
-        ll = V.log_likelihood(k2, params, x_test, args.eval_particles)
-        return {"test_elbo": float(V.elbo(k1, params, x_test)),
-                f"test_log_likelihood_K{args.eval_particles}": float(jnp.mean(ll))}
+        k = eval_particles(args, ds)
+        ll = V.log_likelihood(k2, params, x_test, k, progress=_progress_flag(args))
+        return {"test_elbo": float(V.elbo(k1, params, x_test)), **_ll_metrics(ll, k)}
 
     def plots(out, params, history):
         return _image_plots(out, history, V, params, x_test, ds.image_shape)
@@ -105,8 +128,9 @@ def dvae(args, ds):
 
     def metrics(key, params):
         k1, k2 = jax.random.split(key)
-        return {"test_elbo": float(D.elbo(k1, params, x_test)),
-                "test_iwae_K100": float(jnp.mean(D.log_likelihood(k2, params, x_test, 100)))}
+        k = eval_particles(args, ds)
+        ll = D.log_likelihood(k2, params, x_test, k, progress=_progress_flag(args))
+        return {"test_elbo": float(D.elbo(k1, params, x_test)), **_ll_metrics(ll, k)}
 
     def plots(out, params, history):
         return _image_plots(out, history, D, params, x_test, ds.image_shape)
@@ -139,8 +163,9 @@ def air(args, ds):
 
     def plots(out, params, history):
         xs = x_test[:8]
-        return [_plots.learning_curve(os.path.join(out, "learning_curve.png"), history),
-                A.plot_boxes(os.path.join(out, "boxes.png"), params, xs, c_test[:8], cfg)]
+        paths = [_plots.learning_curve(os.path.join(out, "learning_curve.png"), history, title="AIR: training loss"),
+                 A.plot_boxes(os.path.join(out, "boxes.png"), params, xs, c_test[:8], cfg)]
+        return [p for p in paths if p is not None]
 
     return Task(f"{ds.name} canvases ({cfg.canvas}x{cfg.canvas}, 0-{cfg.max_steps} digits)", *A.programs(cfg),
                 x_train, lambda key: A.init_params(key, cfg),

@@ -331,4 +331,6 @@ def plot_boxes(path, params, xs, counts, cfg: AIRConfig = AIRConfig()):
             s, tx, ty = (float(v) for v in _affine(where[j, i]))
             bs.append((((tx - s) + 1) * c / 2, ((ty - s) + 1) * c / 2, s * c, s * c))
         per.append(bs)
-    return boxes(path, np.asarray(xs), (c, c), per, titles=[f"true {int(t)} / inferred {int(k)}" for t, k in zip(counts, n)])
+    return boxes(path, np.asarray(xs), (c, c), per,
+                 titles=[f"true {int(t)} / inferred {int(k)}" for t, k in zip(counts, n)],
+                 suptitle="AIR: objects inferred on held-out canvases (one guide draw)")

@@ -27,6 +27,8 @@ from tensorflow_probability.substrates import jax as tfp
 import ppl
 
 from ppl.estimators import ARM, MVD, DisARM, Enum, GumbelSoftmax, LeaveOneOut, StraightThrough
+
+from . import _progress
 from .data import binarize
 from ._weights import log_weight
 from .nets import mlp_apply, mlp_init
@@ -107,10 +109,35 @@ def elbo(key, params, x):
 
 
 @jax.jit(static_argnames=("num_particles",))
-def log_likelihood(key, params, x, num_particles: int = 100):
-    """Per-example IWAE bound with ``num_particles`` guide draws (a lower bound on log p(x))."""
+def _iwae_block(key, params, x, num_particles):
     lw = jax.vmap(lambda k: _log_weight(k, params, x))(jax.random.split(key, num_particles))
     return logsumexp(lw, axis=0) - math.log(num_particles)
+
+
+def log_likelihood(key, params, x, num_particles: int = 100, *, batch_size: int = 1000, progress=False):
+    """Per-example IWAE bound with ``num_particles`` guide draws (a lower bound on log p(x)).
+
+    ``batch_size`` examples at a time (memory about ``batch_size * num_particles * D`` floats);
+    ``progress``: a bar "log-likelihood, K = ..., N images" (None: on a terminal only).
+    """
+    if num_particles < 1:
+        raise ValueError(f"log_likelihood: num_particles must be >= 1, got {num_particles}")
+    x = jnp.asarray(x)
+    n = x.shape[0]
+    if n <= batch_size:
+        with _progress.bar(n, _progress.describe("log-likelihood", num_particles, n), progress) as advance:
+            out = _iwae_block(key, params, x, num_particles).block_until_ready()
+            advance(n)
+        return out
+    pad = (-n) % batch_size  # pad the last block: one compilation for every block
+    xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+    outs = []
+    with _progress.bar(n, _progress.describe("log-likelihood", num_particles, n), progress) as advance:
+        for i, s in enumerate(range(0, n + pad, batch_size)):
+            outs.append(_iwae_block(jax.random.fold_in(key, i), params, xp[s:s + batch_size], num_particles))
+            outs[-1].block_until_ready()
+            advance(min(batch_size, n - s))
+    return jnp.concatenate(outs)[:n]
 
 
 @jax.jit

@@ -28,6 +28,7 @@ from jax.scipy.special import logsumexp
 
 import ppl
 
+from . import _progress
 from ._weights import log_weight
 from .nets import mlp_apply, mlp_init
 
@@ -125,12 +126,13 @@ def _ll_block(key, params, x, num_particles, chunk):
 
 
 def log_likelihood(key, params, x, num_particles: int = 1000, *, batch_size: int = 100,
-                   particle_chunk: int = 100):
+                   particle_chunk: int = 100, progress=False):
     """Per-example estimates of ``log p(x)``: ``log (1/K) sum_k p(x, z_k) / q(z_k | x)``.
 
     Processed ``batch_size`` examples x ``particle_chunk`` particles at a time (memory is
     about ``batch_size * particle_chunk * (D + hidden)`` floats). Returns a numpy-convertible
     JAX array of shape (N,); average it for the usual test log-likelihood in nats.
+    ``progress``: a bar "log-likelihood, K = ..., N images" (None: on a terminal only).
     """
     if num_particles < 1:
         raise ValueError(f"log_likelihood: num_particles must be >= 1, got {num_particles}")
@@ -141,8 +143,12 @@ def log_likelihood(key, params, x, num_particles: int = 1000, *, batch_size: int
     batch_size = min(batch_size, n)
     pad = (-n) % batch_size  # pad the last block: one compilation for every block
     xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-    outs = [_ll_block(jax.random.fold_in(key, i), params, xp[s:s + batch_size], num_particles, chunk)
-            for i, s in enumerate(range(0, n + pad, batch_size))]
+    outs = []
+    with _progress.bar(n, _progress.describe("log-likelihood", num_particles, n), progress) as advance:
+        for i, s in enumerate(range(0, n + pad, batch_size)):
+            outs.append(_ll_block(jax.random.fold_in(key, i), params, xp[s:s + batch_size], num_particles, chunk))
+            outs[-1].block_until_ready()
+            advance(min(batch_size, n - s))
     return jnp.concatenate(outs)[:n]
 
 

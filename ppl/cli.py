@@ -114,10 +114,17 @@ def build_parser():
     p.add_argument("--damping", type=float, default=None, help="mfac: damping lambda of the Fisher (default 1e-5)")
     p.add_argument("--latent", type=int, default=None, help="latent size (vae 10, dvae 8; dvae Enum needs <= 12)")
     p.add_argument("--hidden", type=int, default=None, help="hidden units per layer (default 200 vae, 64 dvae/air)")
-    p.add_argument("--eval-particles", type=int, default=1000, help="particles of the test log-likelihood (vae)")
+    p.add_argument("--eval-particles", type=int, default=None, metavar="K",
+                   help="particles K of the test log-likelihood, vae and dvae (default 1000 on digits, 100 on "
+                        "MNIST)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<model>)")
-    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz if present")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from DIR/checkpoint.npz if present (the run's flags must match the checkpoint's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over even though DIR/checkpoint.npz exists (it is replaced at the first checkpoint)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue although flags differ from the checkpoint's run (e.g. a new --lr)")
     p.add_argument("--chunk", type=int, default=100, help="steps per compiled chunk / checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
@@ -167,7 +174,7 @@ def _load_data(args):
 
 def _check_numbers(args):
     for name in ("particles", "batch_size", "eval_particles", "chunk"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("steps", "latent", "hidden"):
         v = getattr(args, name)
@@ -283,7 +290,7 @@ def run(args):
     import numpy as np
 
     from ppl.models import _plots
-    from ppl.transforms.fit import NonFiniteError, fit
+    from ppl.transforms.fit import CheckpointError, NonFiniteError, fit
 
     cache = _compilation_cache(args)
     task, E, plan = setup(args)
@@ -297,15 +304,21 @@ def run(args):
     k_init, k_fit, k_eval = jax.random.split(key, 3)
     params = task.init(k_init)
     ckpt = os.path.join(out, "checkpoint.npz")
+    config = _run_config(args, task)
+    resumed_at = _check_checkpoint(args, ckpt, config, steps)
+    if resumed_at is not None:
+        print(f"resumed at step {resumed_at} from {ckpt}")
     t0 = time.time()
     try:
         res = fit(task.loss(E), make_optimizer(args), params, key=k_fit, num_steps=steps, data=task.train,
                   batch_size=args.batch_size, chunk=min(args.chunk, max(steps, 1)), checkpoint=ckpt,
-                  resume=args.resume, progress=False if args.no_progress else None,
-                  compiler_options=task.compiler_options)
+                  resume=resumed_at is not None, progress=False if args.no_progress else None,
+                  compiler_options=task.compiler_options, checkpoint_info={"config": config})
     except NonFiniteError as e:
         print(f"ppl: training stopped: {e}", file=sys.stderr)
         return 1
+    except CheckpointError as e:
+        raise UsageError(" ".join(str(e).split())) from None
     train_s = time.time() - t0
     metrics = task.metrics(k_eval, res.params)
     plots = task.plots(out, res.params, res.history)
@@ -313,19 +326,64 @@ def run(args):
                "particles": args.particles if OBJECTIVES[args.objective][1] else None,
                "estimators": [{"address": r["address"], "estimator": r["estimator"], "unbiased": r["unbiased"]}
                               for r in plan.rows],
-               "steps": steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+               "steps": int(res.state.step), "resumed_at_step": resumed_at,
+               "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                "optimizer": {"name": args.optimizer, **_optimizer_flags(args)},
                "compilation_cache": cache, "compiler_options": task.compiler_options,
                "train_seconds": round(train_s, 2),
                "final_loss_mean_last_100": float(np.mean(res.history[-100:])) if len(res.history) else None,
-               "metrics": metrics, "plots": plots, "checkpoint": ckpt}
+               "metrics": metrics, "plots": plots, "checkpoint": ckpt if os.path.exists(ckpt) else None}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     for k, v in metrics.items():
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     print(f"trained in {train_s:.1f}s; plots: {', '.join(plots)}")
-    print(f"summary: {os.path.join(out, 'summary.json')}; checkpoint: {ckpt}")
+    print(f"summary: {os.path.join(out, 'summary.json')}"
+          + (f"; checkpoint: {ckpt}" if summary["checkpoint"] else "; no checkpoint (no step was run)"))
     return 0
+
+
+def _run_config(args, task) -> dict:
+    """What a checkpoint's run was: the flags that change the trained parameters (JSON values)."""
+    takes_k = OBJECTIVES[args.objective][1]
+    cfg = {"model": args.model, "data": task.data_name, "objective": args.objective,
+           "particles": args.particles if takes_k else None, "estimators": sorted(args.estimator),
+           "air_hybrid": bool(args.air_hybrid), "optimizer": args.optimizer, "lr": args.lr,
+           **{f"optimizer_{k}": v for k, v in _optimizer_flags(args).items()},
+           "batch_size": args.batch_size, "latent": args.latent, "hidden": args.hidden, "seed": args.seed}
+    return json.loads(json.dumps(cfg))
+
+
+def _check_checkpoint(args, ckpt, config, steps):
+    """The step to resume at (None: start from scratch); refuses what would lose or mix runs."""
+    from ppl.transforms.fit import CheckpointError, peek_checkpoint
+
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pass one")
+    if not os.path.exists(ckpt):
+        return None
+    try:
+        done, info = peek_checkpoint(ckpt)
+    except CheckpointError as e:
+        raise UsageError(" ".join(str(e).split())) from None
+    if not args.resume:
+        if args.overwrite:
+            return None
+        raise UsageError(f"{ckpt} already holds a run of {done} steps: pass --resume to continue it, or "
+                         "--overwrite to start over and replace it (or choose another --out)")
+    saved = (info or {}).get("config")
+    if not isinstance(saved, dict):
+        raise UsageError(f"--resume: {ckpt} holds no run configuration (it was not written by python -m ppl); "
+                         "pass --overwrite to start over")
+    diff = [k for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
+    if diff and not args.allow_config_change:
+        said = "; ".join(f"{k} {saved.get(k)!r} in the checkpoint, {config.get(k)!r} now" for k in diff)
+        raise UsageError(f"--resume: this run differs from the checkpoint's: {said}. Rerun with the "
+                         "checkpoint's flags, or pass --allow-config-change to continue anyway")
+    if steps < done:
+        raise UsageError(f"--steps {steps} is below the {done} steps the checkpoint has already run; pass "
+                         f"--steps {done} or more to continue it")
+    return done
 
 
 def _optimizer_flags(args):

@@ -68,7 +68,7 @@ def _check(controller, data):
 
 
 def fit_adaptive(loss, optimizer, params, *, key, num_steps, data, controller, chunk, checkpoint, resume,
-                 callbacks, progress, compiler_options) -> FitResult:
+                 callbacks, progress, compiler_options, checkpoint_info=None) -> FitResult:
     n_examples = _check(controller, data)
     _check_compiler_options(compiler_options)
     kern = kernel(loss, optimizer)
@@ -130,7 +130,7 @@ def fit_adaptive(loss, optimizer, params, *, key, num_steps, data, controller, c
             done += good
             if checkpoint is not None:
                 _checkpoint.save(checkpoint, {"fit": state, "adaptive_batch": ad}, history,
-                                 extras={"batch_sizes": sizes})
+                                 extras={"batch_sizes": sizes}, info=checkpoint_info)
             if good < count:
                 raise NonFiniteError(
                     f"fit: the loss or its gradient is not finite at step {done} (loss {losses[good]}, batch "

@@ -23,7 +23,7 @@ import tempfile
 import jax
 import numpy as np
 
-__all__ = ["save", "load", "CheckpointError"]
+__all__ = ["save", "load", "peek", "CheckpointError"]
 
 _META = "__meta__"
 _HISTORY = "__history__"
@@ -67,13 +67,21 @@ def _remove_stale_tmp(path):
                 pass
 
 
-def save(path, state, history=None, extras=None):
-    """Write ``state`` (a pytree of arrays), an optional loss history and optional named 1-D
-    ``extras`` (e.g. the batch size of every step) to ``path``."""
+def save(path, state, history=None, extras=None, info=None):
+    """Write ``state`` (a pytree of arrays), an optional loss history, optional named 1-D
+    ``extras`` (e.g. the batch size of every step) and an optional JSON-serializable ``info``
+    dict (e.g. the run's configuration; read back with :func:`peek`) to ``path``."""
     arrays = _flatten(state)
     if _META in arrays or _HISTORY in arrays or any(k.startswith(_EXTRA) for k in arrays):
         raise ValueError("state has a leaf named like checkpoint metadata")
     meta = {"format": _FORMAT, "keys": sorted(arrays)}
+    if info is not None:
+        if not isinstance(info, dict):
+            raise TypeError(f"checkpoint info must be a dict, got {type(info).__name__}")
+        try:
+            meta["info"] = json.loads(json.dumps(info))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"checkpoint info must be JSON-serializable: {e}") from None
     arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     arrays[_HISTORY] = np.asarray([] if history is None else history, np.float32)
     for name, value in (extras or {}).items():
@@ -145,6 +153,20 @@ def _check_structure(path, data):
     for k in keys + [k for k in data if k.startswith(_EXTRA)]:
         if data[k].dtype.kind not in "biufc":
             raise _corrupted(path, f"{k} is not a numeric array (dtype {data[k].dtype})")
+
+
+def peek(path):
+    """``(steps, info)`` of the checkpoint at ``path`` without a template: the number of steps
+    its loss history holds and the ``info`` dict it was saved with (None if none). Raises
+    :class:`CheckpointError` naming the file for a missing, corrupted or foreign file."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path!r}")
+    data = _read(path)
+    _check_structure(path, data)
+    info = json.loads(data[_META].tobytes().decode()).get("info")
+    if info is not None and not isinstance(info, dict):
+        raise _corrupted(path, "its info is not a dict")
+    return int(data[_HISTORY].shape[0]), info
 
 
 def load(path, template, extras=None):

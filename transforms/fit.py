@@ -34,7 +34,7 @@ from . import _checkpoint
 from ._checkpoint import CheckpointError
 
 __all__ = ["FitState", "Kernel", "kernel", "fit", "FitResult", "NonFiniteError", "CheckpointError",
-           "save_checkpoint", "load_checkpoint", "CPU_FUSED_DOTS"]
+           "save_checkpoint", "load_checkpoint", "peek_checkpoint", "CPU_FUSED_DOTS"]
 
 #: XLA:CPU option (``fit(..., compiler_options=CPU_FUSED_DOTS)``, or ``jax.jit``'s own
 #: ``compiler_options``): YNNPACK takes each matrix product together with the elementwise
@@ -46,6 +46,7 @@ CPU_FUSED_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_D
 
 save_checkpoint = _checkpoint.save
 load_checkpoint = _checkpoint.load
+peek_checkpoint = _checkpoint.peek
 
 
 @jax.tree_util.register_dataclass
@@ -157,11 +158,13 @@ def _check_data(data, batch_size):
 
 def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, chunk=100,
         checkpoint=None, resume=False, callbacks=(), progress=None, debug=False,
-        compiler_options=None) -> FitResult:
+        compiler_options=None, checkpoint_info=None) -> FitResult:
     """Minimize ``loss`` for ``num_steps`` steps from ``params`` (see the module docstring).
 
     ``checkpoint``: a file path (``.npz``); written atomically after every chunk.
-    ``resume=True`` continues from it when it exists. ``callbacks``: functions
+    ``resume=True`` continues from it when it exists. ``checkpoint_info``: a JSON-serializable
+    dict stored in every checkpoint written (e.g. the run's configuration), read back without a
+    template by :func:`peek_checkpoint` (``(steps, info)``). ``callbacks``: functions
     ``cb(step, state, losses_of_chunk)`` called after each chunk. ``debug=True``: on a
     non-finite step, re-run it eagerly with ADEV's site checks to name the random choice.
     ``compiler_options``: XLA options for compiling the chunk (``jax.jit``'s argument), e.g.
@@ -187,7 +190,8 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
 
         return fit_adaptive(loss, optimizer, params, key=key, num_steps=num_steps, data=data,
                             controller=batch_size, chunk=chunk, checkpoint=checkpoint, resume=resume,
-                            callbacks=callbacks, progress=progress, compiler_options=compiler_options)
+                            callbacks=callbacks, progress=progress, compiler_options=compiler_options,
+                            checkpoint_info=checkpoint_info)
     _check_data(data, batch_size)
     _check_compiler_options(compiler_options)
     kern = kernel(loss, optimizer)
@@ -225,7 +229,7 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
                 state = new_state  # updates stopped at the first bad step: the last good state
                 history = np.concatenate([history, losses[:bad]])
                 if checkpoint is not None:
-                    _checkpoint.save(checkpoint, state, history)
+                    _checkpoint.save(checkpoint, state, history, info=checkpoint_info)
                 names = _nonfinite_params(loss, step_key, data_key, state, data, batch_size, done + bad)
                 where = _nonfinite_site(loss, step_key, data_key, state, data, batch_size, done + bad) \
                     if debug else "run with fit(..., debug=True) to name the random choice"
@@ -241,7 +245,7 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
             history = np.concatenate([history, losses])
             done += n
             if checkpoint is not None:
-                _checkpoint.save(checkpoint, state, history)
+                _checkpoint.save(checkpoint, state, history, info=checkpoint_info)
             for cb in callbacks:
                 cb(done, state, losses)
             if bar is not None:

@@ -50,6 +50,32 @@ def test_vae_shapes_and_plan():
     assert ll.shape == (5,) and bool(jnp.all(jnp.isfinite(ll)))
 
 
+def test_log_likelihood_announces_itself(capsys):
+    """Long evaluations show a bar naming the estimate, its K and the number of images; the
+    blocks of the discrete VAE's estimate give the same kind of numbers as one block."""
+    from ppl.models import dvae, vae
+
+    p = vae.init_params(jax.random.key(0), vae.VAEConfig(data_dim=64, latent_dim=3, hidden=(16,)))
+    x = jnp.ones((5, 64))
+    vae.log_likelihood(jax.random.key(2), p, x, num_particles=20, batch_size=2, particle_chunk=10, progress=True)
+    assert "log-likelihood, K = 20, 5 images" in capsys.readouterr().err
+    vae.log_likelihood(jax.random.key(2), p, x, num_particles=20, batch_size=2, particle_chunk=10, progress=False)
+    assert capsys.readouterr().err == ""
+    q = dvae.init_params(jax.random.key(0), dvae.DVAEConfig(data_dim=64, latent_dim=3, hidden=(16,)))
+    one = dvae.log_likelihood(jax.random.key(2), q, x, 1000, progress=True)
+    assert "log-likelihood, K = 1,000, 5 images" in capsys.readouterr().err
+    blocks = dvae.log_likelihood(jax.random.key(2), q, x, 1000, batch_size=2)
+    assert blocks.shape == one.shape == (5,)  # other draws, the same estimand: K = 1000 agree closely
+    np.testing.assert_allclose(blocks, one, atol=0.05)
+
+
+def test_learning_curve_skips_an_empty_history(tmp_path):
+    from ppl.models import _plots
+
+    assert _plots.learning_curve(str(tmp_path / "a.png"), []) is None and not (tmp_path / "a.png").exists()
+    assert _plots.learning_curve(str(tmp_path / "b.png"), np.linspace(3, 1, 200)) == str(tmp_path / "b.png")
+
+
 def test_vae_elbo_improves_on_digits(digits):
     """300 Adam steps raise the test ELBO by at least 2 nats per image (about 4 in practice)."""
     from ppl.models import vae
@@ -252,20 +278,62 @@ def test_cli_bad_flag_subprocess(tmp_path):
     assert r.stderr.count("\n") == 1
 
 
-def test_cli_smoke_vae(tmp_path):
-    r = _run(["-m", "ppl", "--steps", "4", "--chunk", "2", "--eval-particles", "4", "--latent", "3",
-              "--hidden", "16", "--out", "run", "--no-progress"], tmp_path, PPL_JAX_CACHE=str(tmp_path / "cache"))
+def test_cli_smoke_vae(tmp_path, capsys):
+    """A run, the refusals that protect its checkpoint, then an exact resume (the real command)."""
+    from ppl import cli
+
+    tiny = ["--chunk", "2", "--eval-particles", "4", "--latent", "3", "--hidden", "16", "--out", "run",
+            "--no-progress"]
+    r = _run(["-m", "ppl", "--steps", "4", *tiny], tmp_path, PPL_JAX_CACHE=str(tmp_path / "cache"))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Reparam" in r.stdout and "test_log_likelihood_K4" in r.stdout and "plots:" in r.stdout
+    assert "Reparam" in r.stdout and "test_log_likelihood: " in r.stdout and "plots:" in r.stdout
+    assert "test_log_likelihood_particles: 4" in r.stdout and "resumed" not in r.stdout
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert s["model"] == "vae" and s["steps"] == 4 and s["compiler_options"] is None
+    assert s["model"] == "vae" and s["steps"] == 4 and s["resumed_at_step"] is None and s["compiler_options"] is None
     assert s["compilation_cache"] == str(tmp_path / "cache") and any((tmp_path / "cache").iterdir())
     for f in ("learning_curve.png", "reconstructions.png", "samples.png", "checkpoint.npz"):
         assert (tmp_path / "run" / f).stat().st_size > 0
-    r2 = _run(["-m", "ppl", "--steps", "6", "--chunk", "2", "--eval-particles", "4", "--latent", "3",
-               "--hidden", "16", "--out", "run", "--resume", "--no-progress"], tmp_path)
+    ckpt = tmp_path / "run" / "checkpoint.npz"
+    before = ckpt.read_bytes()
+
+    def refused(argv, *needles):
+        capsys.readouterr()
+        assert cli.main(argv + [a if a != "run" else str(tmp_path / "run") for a in tiny]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ppl: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        for n in needles:
+            assert n in err, err
+        assert ckpt.read_bytes() == before  # nothing overwritten
+
+    refused(["--steps", "6"], "already holds a run of 4 steps", "--resume", "--overwrite")
+    refused(["--steps", "6", "--resume", "--lr", "0.01"], "lr 0.001 in the checkpoint, 0.01 now",
+            "--allow-config-change")
+    refused(["--steps", "3", "--resume"], "--steps 3 is below the 4 steps")
+    refused(["--steps", "6", "--resume", "--overwrite"], "contradict")
+    r2 = _run(["-m", "ppl", "--steps", "6", "--resume", *tiny], tmp_path)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 6
+    assert "resumed at step 4" in r2.stdout
+    s2 = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s2["steps"] == 6 and s2["resumed_at_step"] == 4
+    ckpt.write_bytes(before[:100] + bytes(50) + before[150:])  # corrupted
+    refused_bytes = ckpt.read_bytes()
+    before = refused_bytes
+    refused(["--steps", "8", "--resume"], str(ckpt), "corrupted")
+    ckpt.write_bytes(b"not a checkpoint at all")
+    before = ckpt.read_bytes()
+    refused(["--steps", "8", "--resume"], str(ckpt))
+
+
+def test_cli_zero_steps_writes_no_curve_and_no_checkpoint(tmp_path, capsys):
+    from ppl import cli
+
+    assert cli.main(["--steps", "0", "--eval-particles", "2", "--latent", "2", "--hidden", "8",
+                     "--out", str(tmp_path / "z"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    s = json.loads((tmp_path / "z" / "summary.json").read_text())
+    assert s["steps"] == 0 and s["checkpoint"] is None and "no checkpoint" in out
+    assert not (tmp_path / "z" / "learning_curve.png").exists() and not (tmp_path / "z" / "checkpoint.npz").exists()
+    assert all(os.path.exists(p) for p in s["plots"]) and len(s["plots"]) == 2
 
 
 @pytest.mark.slow
