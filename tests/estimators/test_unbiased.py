@@ -59,6 +59,16 @@ def _bern_logits(t):
     return t[0] + t[1] * jnp.array([1.0, -1.0, 0.5])
 
 
+def _bern_neg_logits(t):
+    """Clearly negative logits (about -2.6, -2.0, -2.45): DisARM's weight uses sigmoid(|a|)."""
+    return _bern_logits(t) - 2.5
+
+
+def _bern_neg_mean(t):
+    p = jax.nn.sigmoid(_bern_neg_logits(t))
+    return enum_mean(jnp.stack([1 - p, p], -1), _bern_f)
+
+
 def _bern_f(x):
     return (jnp.dot(x.astype(jnp.float32), jnp.array([1.0, 2.0, -1.5])) - 0.4) ** 2
 
@@ -141,6 +151,7 @@ CASES = {
     "bernoulli_logits": Case(lambda t: nd.Bernoulli(logits=_bern_logits(t)), _bern_f, _bern_mean),
     "bernoulli_probs": Case(lambda t: nd.Bernoulli(probs=jax.nn.sigmoid(_bern_logits(t))), _bern_f, _bern_mean),
     "tfp_bernoulli": Case(lambda t: tfd.Bernoulli(logits=_bern_logits(t)), _bern_f, _bern_mean),
+    "bernoulli_negative_logits": Case(lambda t: nd.Bernoulli(logits=_bern_neg_logits(t)), _bern_f, _bern_neg_mean),
     "categorical": Case(lambda t: nd.Categorical(logits=_cat_logits(t)), _cat_f, _cat_mean),
     "tfp_categorical": Case(lambda t: tfd.Categorical(logits=_cat_logits(t)), _cat_f, _cat_mean),
     "binomial": Case(lambda t: nd.Binomial(3, probs=_binom_probs(t)), _binom_f, _binom_mean),
@@ -160,7 +171,7 @@ ESTIMATORS = {
     "MVD": (MVD(), ["normal", "tfp_normal", "exponential", "categorical", "tfp_categorical", "poisson",
                     "geometric"] + _BERN),
     "ARM": (ARM(), _BERN),
-    "DisARM": (DisARM(), _BERN),
+    "DisARM": (DisARM(), _BERN + ["bernoulli_negative_logits"]),
     "Antithetic (examples/custom_estimator.py)": (custom.Antithetic(), ["normal", "tfp_normal"]),
 }
 # The default run covers every estimator on a NumPyro and (where it applies) a TFP family;
@@ -170,7 +181,7 @@ FAST = {("Reparam", "normal"), ("Reparam", "tfp_normal"), ("ScoreFunction", "ber
         ("EMABaseline", "categorical"), ("LeaveOneOut", "tfp_bernoulli"), ("Enum", "categorical"),
         ("Enum", "tfp_bernoulli"), ("Enum", "binomial"), ("MVD", "normal"), ("MVD", "tfp_categorical"),
         ("MVD", "poisson"), ("MVD", "geometric"), ("MVD", "exponential"), ("MVD", "bernoulli_probs"),
-        ("ARM", "bernoulli_logits"), ("DisARM", "tfp_bernoulli"),
+        ("ARM", "bernoulli_logits"), ("DisARM", "tfp_bernoulli"), ("DisARM", "bernoulli_negative_logits"),
         ("Antithetic (examples/custom_estimator.py)", "normal")}
 PAIRS = [pytest.param(e, c, id=f"{e}-{c}", marks=() if (e, c) in FAST else pytest.mark.slow)
          for e, (_, cs) in ESTIMATORS.items() for c in cs]
