@@ -154,12 +154,12 @@ def test_a_write_failing_partway_leaves_the_previous_checkpoint(tmp_path, monkey
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint(str(path), {**TINY, "w": jnp.zeros(3)}, np.zeros(5, np.float32))
     monkeypatch.undo()
-    # the write went to a temporary file next to the checkpoint, never to the checkpoint itself
-    tmps = [n for n in seen[1:] if n != "run.npz"]
-    assert len(tmps) == 1 and _checkpoint._tmp_pattern(str(path)).match(tmps[0]), seen
     assert path.read_bytes() == before
     state, hist = load_checkpoint(str(path), TINY)
     assert _same(state, hist, TINY, HISTORY)
+    # the write went to a temporary file next to the checkpoint, never to the checkpoint itself
+    tmps = [n for n in seen[1:] if n != "run.npz"]
+    assert len(tmps) == 1 and _checkpoint._tmp_pattern(str(path)).match(tmps[0]), seen
     assert os.listdir(tmp_path) == ["run.npz"]  # the failed write's temporary file is gone
 
 
