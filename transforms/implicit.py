@@ -43,7 +43,9 @@ Sharp edges
   ``JaxRuntimeError`` containing the same message (under ``jit``), through
   :func:`jax.debug.callback`. We chose a callback over ``checkify`` so that no wrapping of user
   code is needed; set ``check=False`` in the solver config to disable it (then a singular system
-  can yield NaN or inf).
+  can yield NaN or inf). Under ``vmap`` the check runs once per vmap level on the whole batch
+  (JAX's own rule would unroll one callback per element, and compile time would grow with the
+  batch); the message says how many elements failed and shows the worst.
 * Solver configs are static (hashable frozen dataclasses): changing ``tol`` recompiles.
 """
 from __future__ import annotations
@@ -56,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._linear_solve import (BiCGSTAB, CG, GMRES, LinearSolveError, NormalCG, SolveInfo,
-                            bicgstab, cg, check, gmres, normal_cg)
+                            batch_callback, bicgstab, cg, check, gmres, normal_cg)
 
 __all__ = [
     "custom_root", "custom_fixed_point", "root_jvp", "unrolled",
@@ -83,13 +85,16 @@ def _check_root(F, x, args, root_tol, name):
 
     def _cb(r):
         r = np.asarray(r)
-        if not np.all(np.isfinite(r) & (r <= root_tol)):
+        bad = ~(np.isfinite(r) & (r <= root_tol))
+        if np.any(bad):
+            where = (f" in {int(bad.sum())} of {r.size} batch elements (vmap), worst "
+                     f"{np.max(np.where(np.isfinite(r), r, np.inf))}" if r.size > 1 else f" = {r}")
             raise RootError(
-                f"{name}: the solver's output is not a root: ||F(x*, theta)|| = {r} > "
-                f"root_tol = {root_tol}. Implicit derivatives are only valid at a root. Fix: "
+                f"{name}: the solver's output is not a root: ||F(x*, theta)|| > root_tol = "
+                f"{root_tol}{where}. Implicit derivatives are only valid at a root. Fix: "
                 f"run the inner solver longer or with a tighter tolerance, or loosen root_tol.")
 
-    jax.debug.callback(_cb, res)
+    batch_callback(_cb, res)
 
 
 def root_jvp(F: Callable, x: Any, args: tuple, dargs: tuple, solve=CG()) -> Any:
