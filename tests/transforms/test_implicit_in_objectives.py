@@ -4,7 +4,6 @@ biased negative control; and the linear solve's check under vmap (it still fires
 vmap level on the whole batch, not once per element)."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 import numpyro.distributions as nd
 import pytest
 
