@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from ppl.transforms import Estimator, EstimatorError
 from ppl.transforms._estimator import estimator_dataclass, static
 
+from ._draws import open_uniform
 from ._util import call_many, check_batch_size
 
 __all__ = ["ARM", "DisARM"]
@@ -32,7 +33,7 @@ def _antithetic(site, kont, key, pair, batch_size):
     ku, kk = jax.random.split(key)
     shape, dtype = site.site.value_shape, site.site.dtype
     a, da = _logits(site, shape, dtype)
-    u = jax.random.uniform(ku, shape, a.dtype)
+    u = open_uniform(ku, shape, a.dtype)   # symmetric grid: u and 1 - u equidistributed
     b1, b2, w = pair(u, a)
     outs, douts = call_many(kont, kk, jnp.stack([b1, b2]).astype(dtype), batch_size)
     out = [o.mean(0) for o in outs]

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from ppl.transforms import Estimator, EstimatorError
 from ppl.transforms._estimator import estimator_dataclass, static
 
+from . import _draws
 from ._util import call_many, check_batch_size, wsum
 
 __all__ = ["MVD", "MVD_FAMILIES"]
@@ -19,7 +20,7 @@ _SQRT2PI = math.sqrt(2 * math.pi)
 def _normal(key, c, x):
     loc, scale = c["loc"], c["scale"]
     k1, k2 = jax.random.split(key)
-    r = jax.random.rayleigh(k1, 1.0, x.shape, x.dtype)           # Weibull(sqrt 2, 2)
+    r = _draws.rayleigh(k1, x.shape, x.dtype)                      # Weibull(sqrt 2, 2), finite
     eps = (x - loc) / scale                                        # the sample's own noise
     chi3 = jnp.sqrt(eps ** 2 + jnp.sum(jax.random.normal(k2, (2,) + x.shape, x.dtype) ** 2, 0))
     return {"loc": (1 / (scale * _SQRT2PI), loc + scale * r, loc - scale * r),

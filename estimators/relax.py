@@ -8,6 +8,8 @@ import numpy as np
 from ppl.transforms import Estimator, EstimatorError
 from ppl.transforms._estimator import estimator_dataclass
 
+from ._draws import logistic
+
 __all__ = ["GumbelSoftmax", "StraightThrough"]
 
 
@@ -39,8 +41,7 @@ def _relaxed(site, key, temperature):
     d = site.dist()
     shape, dtype = site.site.value_shape, site.site.dtype
     if d.family == "Bernoulli":
-        u = jax.random.uniform(key, shape, dtype, 1e-7, 1 - 1e-7)
-        noise = jnp.log(u) - jnp.log1p(-u)
+        noise = logistic(key, shape, dtype)
         one, zero = jnp.ones(shape, dtype), jnp.zeros(shape, dtype)
         soft = site.jvp(lambda dd: jax.nn.sigmoid((dd.log_prob(one) - dd.log_prob(zero) + noise) / temperature))
         return soft, (soft[0] > 0.5).astype(dtype)
