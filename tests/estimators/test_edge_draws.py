@@ -140,6 +140,23 @@ def test_mvd_normal_rule_gives_the_exact_derivative_over_every_draw():
     assert abs(est - exact) <= 2e-6, (est, exact)
 
 
+@pytest.mark.parametrize("est", [ARM(), DisARM()], ids=["ARM", "DisARM"])
+def test_arm_disarm_expectation_over_the_uniform_grid_is_the_exact_derivative(est):
+    """ARM/DisARM on one Bernoulli element, averaged over ``u`` at every 256th value of the
+    open grid (a midpoint rule: the estimate is piecewise constant in ``u`` with two jumps, so
+    the rule's error is at most two cells of 2^-15 times the largest jump) equals the exact
+    derivative; the endpoints are in the forced-edge tests below."""
+    a, f = 0.7, (lambda x: jnp.sum(3.0 * x - 1.0) ** 2)                # k(0) = 1, k(1) = 4
+    site = dual_site(lambda t: nd.Bernoulli(logits=jnp.full((1,), t)), jnp.asarray(a), jnp.asarray(1.0))
+    keys = jax.random.wrap_key_data(
+        jnp.stack([jnp.full((2 ** 15,), COUNT, jnp.uint32), jnp.arange(2 ** 15, dtype=jnp.uint32) * 256 + 128], -1),
+        impl=EDGE)
+    tans = jax.jit(jax.vmap(lambda k: est.jvp(k, site, hand_kont(f, noise=0.0))[1][0]))(keys)
+    exact = jax.nn.sigmoid(a) * jax.nn.sigmoid(-a) * (4.0 - 1.0)
+    bound = 2 * 2.0 ** -15 * float(jnp.max(jnp.abs(tans)))
+    assert abs(float(np.mean(np.asarray(tans, np.float64))) - exact) <= bound, (np.mean(tans), exact, bound)
+
+
 # --- every MVD rule's own draws, at both edges ------------------------------------------
 RULE_CASES = {
     "Normal": ({"loc": jnp.array([0.3, -2.0]), "scale": jnp.array([0.5, 3.0])}, jnp.array([0.1, 4.0])),
