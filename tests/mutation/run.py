@@ -74,7 +74,7 @@ MUTATIONS = [
     Mutation("disarm-no-abs", "estimators/arm.py",
              "jax.nn.sigmoid(jnp.abs(a))", "jax.nn.sigmoid(a)",
              ("tests/estimators/test_unbiased.py", "-k", "DisARM"),
-             "DisARM's weight sigmoid(a) instead of sigmoid(|a|) (right only for a >= 0)"),
+             "DisARM's weight sigmoid(a) instead of sigmoid(abs(a)) (right only for a >= 0)"),
     # --- more, for the code issue 20 and issue 13 added ----------------------------------------
     Mutation("binomial-logits-zero", "ppl/distributions.py",
              "_CORRECTED = {nd.BernoulliLogits: _BernoulliLogits, nd.BinomialLogits: _BinomialLogits}",
@@ -234,8 +234,9 @@ def main(argv=None):
     table = ["| mutation | file | what it breaks | result | first failing test | s |",
              "|---|---|---|---|---|---|"]
     for m, result, by, secs in rows:
-        table.append(f"| `{m.name}` | `{m.file}` | {m.why} | {result} | `{by}` | {secs:.0f} |" if by else
-                     f"| `{m.name}` | `{m.file}` | {m.why} | {result} | | {secs:.0f} |")
+        why = m.why.replace("|", "\\|")
+        table.append(f"| `{m.name}` | `{m.file}` | {why} | {result} | `{by}` | {secs:.0f} |" if by else
+                     f"| `{m.name}` | `{m.file}` | {why} | {result} | | {secs:.0f} |")
     killed = sum(r == "killed" for _, r, _, _ in rows)
     summary = f"{killed} of {len(rows)} mutations killed"
     print("\n" + "\n".join(table) + "\n\n" + summary)
