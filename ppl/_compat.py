@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import jax.extend.core as jex
+from jax.extend.core.primitives import stop_gradient_p as _stop_gradient_p
 from jax._src.interpreters import batching as _batching
 from jax.interpreters import ad as _ad
 from jax.interpreters import mlir as _mlir
@@ -27,6 +28,36 @@ register_lowering = _mlir.register_lowering
 # Names of the higher-order primitives the interpreters treat specially.
 CALL_PRIMITIVES = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint", "remat"})
 CUSTOM_DERIVATIVE_PRIMITIVES = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})
+
+
+def _stop_gradient_transpose(ct, x):
+    return [ct]
+
+
+def ensure_stop_gradient_transpose():
+    """Give ``stop_gradient`` the transpose rule of the identity, unless JAX has one.
+
+    JAX's batching rule for ``cond`` with a batched predicate runs every branch and feeds
+    branch ``i`` ``select(index == i, x, stop_gradient(x))`` for each operand ``x``
+    (jax-ml/jax#22011, #39219, still so on 0.10.2). When ``x`` is a tangent, that
+    ``stop_gradient`` lands in the linear program JAX transposes for reverse mode, and
+    ``stop_gradient`` has no transpose rule: ``jax.grad`` of any ``custom_jvp`` whose rule
+    holds a ``cond`` on a batched predicate fails with "Transpose rule ... for
+    'stop_gradient' not implemented". ADEV's rule is such a function: its estimators vmap the
+    continuation (Enum, MVD, ...), and users vmap objectives over keys and data.
+
+    On values ``stop_gradient`` is the identity, so the identity's transpose is its transpose
+    on a linear program: reverse mode then agrees with forward mode (``jax.jvp``, unchanged),
+    and lineax and diffrax register the same rule. In the batched ``cond`` it acts only on the
+    lanes whose branch output is discarded, where the cotangent is zero; a derivative that is
+    not finite there (a ``sqrt`` the ``cond`` guards, evaluated on the lanes it does not apply
+    to) makes that zero a NaN (transforms/README.md, sharp edges). Registered once, when
+    ``ppl`` is imported; a rule JAX or another library registered first is kept.
+    """
+    _ad.primitive_transposes.setdefault(_stop_gradient_p, _stop_gradient_transpose)
+
+
+ensure_stop_gradient_transpose()
 
 
 def bind_params(eqn) -> dict:
