@@ -58,9 +58,11 @@ def _exact(theta):
 THETA = -1.0  # away from the stationary point near 0.4
 
 
-@pytest.mark.parametrize("site", [{}, {"estimator": Baseline(ScoreFunction(), 1.0)}],
+@pytest.mark.parametrize("site", [{}, pytest.param({"estimator": Baseline(ScoreFunction(), 1.0)},
+                                                  marks=pytest.mark.slow)],
                          ids=["reparam", "score-baseline"])
 def test_implicit_inside_an_objective_is_unbiased(site):
+    """The score-function variant is slow-marked (a second compilation of the same check)."""
     E = expectation(_objective(F, **site))
     out = estimates(lambda k: E.grad(k, THETA), 2000, seed=11)
     exact = jax.grad(_exact)(THETA)
