@@ -192,3 +192,15 @@ def test_more_wrappers_and_nestings():
     got = grads(0.0)
     for k, (_, _, want) in cases.items():
         np.testing.assert_allclose(got[k], want, atol=1e-6, err_msg=k)
+
+
+def test_second_derivatives_and_nan_logits():
+    """The corrected densities' curvature is right at 0 too (``-n/4``), and away from it equals
+    NumPyro's; NaN logits give NaN."""
+    for make, n in ((lambda l: nd.Bernoulli(logits=l), 1), (lambda l: nd.Binomial(N_BINOM, logits=l), N_BINOM)):
+        for x in (0, 1):
+            h = jax.grad(jax.grad(lambda l: as_dist(make(l)).log_prob(x)))
+            np.testing.assert_allclose(h(0.0), -n / 4, rtol=1e-6)
+            np.testing.assert_allclose(h(-1.7), jax.grad(jax.grad(lambda l: make(l).log_prob(x)))(-1.7), rtol=1e-5)
+    d = nd.Bernoulli(logits=jnp.nan, validate_args=False)
+    assert np.isnan(as_dist(d).log_prob(1))
