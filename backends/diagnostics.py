@@ -145,7 +145,13 @@ class SpectralDensity:
 
 
 def _lanczos(H, v0, k):
-    """``k`` Lanczos steps with full reorthogonalization: the tridiagonal's (alpha, beta)."""
+    """``k`` Lanczos steps with full reorthogonalization: the tridiagonal's (alpha, beta).
+
+    A step whose residual is below ``100 eps ||H||`` (``||H||`` estimated by the largest
+    ``||H v_j||`` so far) has found an invariant subspace: the remaining vectors are zero and
+    their nodes get zero weight. The test is relative to the Hessian's scale, so a Hessian
+    with tiny eigenvalues is not truncated early.
+    """
     d = v0.shape[0]
     V = jnp.zeros((k + 1, d), v0.dtype).at[0].set(v0)
     alphas = jnp.zeros((k,), v0.dtype)
@@ -153,21 +159,21 @@ def _lanczos(H, v0, k):
     eps = jnp.finfo(v0.dtype).eps
 
     def body(j, carry):
-        V, alphas, betas = carry
+        V, alphas, betas, hnorm = carry
         v = V[j]
         w = H(v)
+        hnorm = jnp.maximum(hnorm, jnp.linalg.norm(w))
         a = jnp.vdot(v, w)
         mask = (jnp.arange(k + 1) <= j)[:, None]
         Vm = jnp.where(mask, V, 0)
         for _ in range(2):  # twice is enough (Kahan/Parlett)
             w = w - Vm.T @ (Vm @ w)
         b = jnp.linalg.norm(w)
-        scale = jnp.maximum(jnp.abs(a), 1.0)
-        ok = b > 1e3 * eps * scale * jnp.sqrt(d)  # an invariant subspace was found otherwise
+        ok = b > 100 * eps * hnorm
         V = V.at[j + 1].set(jnp.where(ok, w / jnp.where(ok, b, 1), 0))
-        return V, alphas.at[j].set(a), betas.at[j].set(jnp.where(ok, b, 0))
+        return V, alphas.at[j].set(a), betas.at[j].set(jnp.where(ok, b, 0)), hnorm
 
-    _, alphas, betas = jax.lax.fori_loop(0, k, body, (V, alphas, betas))
+    _, alphas, betas, _ = jax.lax.fori_loop(0, k, body, (V, alphas, betas, jnp.zeros((), v0.dtype)))
     return alphas, betas[:-1]
 
 

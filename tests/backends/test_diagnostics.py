@@ -141,6 +141,21 @@ def test_slq_moments_are_exact_per_probe_and_unbiased(key):
         assert np.sum(dens) * (grid[1] - grid[0]) == pytest.approx(1.0, rel=1e-3)
 
 
+def test_slq_is_scale_invariant_for_tiny_hessians(key):
+    """SLQ of c * f is c times SLQ of f, also in float32 with eigenvalues near 1e-5 (a breakdown
+    test relative to 1 instead of to ||H|| once truncated such Hessians after one step)."""
+    rng = np.random.default_rng(5)
+    Q, _ = np.linalg.qr(rng.normal(size=(60, 60)))
+    A = jnp.asarray((Q * np.linspace(0.01, 5.0, 60)) @ Q.T, jnp.float32)
+    f = lambda x: 0.5 * x @ A @ x
+    x0 = jnp.ones(60, jnp.float32)
+    big = D.hessian_spectrum(f, x0, key=key, num_lanczos=12, num_probes=2)
+    tiny = D.hessian_spectrum(lambda x: 1e-5 * f(x), x0, key=key, num_lanczos=12, num_probes=2)
+    np.testing.assert_allclose(np.asarray(tiny.nodes) * 1e5, np.asarray(big.nodes), rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(tiny.weights), np.asarray(big.weights), rtol=2e-3, atol=1e-5)
+    assert float(big.lambda_max()) > 4.5  # 12 steps find the top of [0.01, 5]
+
+
 def test_linear_stability_on_a_quadratic(key):
     with jax.enable_x64(True):
         A = np.diag([4.0, 1.0, 0.5])
