@@ -39,8 +39,8 @@ __all__ = ["adagrad_norm", "scale_by_adagrad_norm", "AdaGradNormState", "norm_te
 
 
 def _check_number(where, name, value, *, positive=False, allow_zero=True):
-    if callable(value) and name == "learning_rate":
-        return  # a schedule
+    if (callable(value) and name == "learning_rate") or isinstance(value, jax.core.Tracer):
+        return  # a schedule, or a hyperparameter traced by optax.inject_hyperparams under jit
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -59,7 +59,8 @@ def scale_by_adagrad_norm(initial_accumulator_value: float = 1e-2, eps: float = 
     """``g / sqrt(b^2 + ||g||^2)`` with one scalar accumulator ``b^2`` for the whole pytree."""
     _check_number("scale_by_adagrad_norm", "initial_accumulator_value", initial_accumulator_value)
     _check_number("scale_by_adagrad_norm", "eps", eps)
-    if float(initial_accumulator_value) + float(eps) <= 0:
+    traced = any(isinstance(v, jax.core.Tracer) for v in (initial_accumulator_value, eps))
+    if not traced and float(initial_accumulator_value) + float(eps) <= 0:
         raise ValueError("scale_by_adagrad_norm: initial_accumulator_value + eps must be > 0 (the first step "
                          "divides by it when the gradient is zero)")
 

@@ -45,6 +45,19 @@ def test_adagrad_norm_keeps_dtypes_and_refuses_bad_hyperparameters():
         A.adagrad_norm(0.1, initial_accumulator_value=0.0, eps=0.0)
 
 
+def test_adagrad_norm_under_inject_hyperparams():
+    """The learning rate as state: changing it does not recompile, and the step follows it."""
+    opt = optax.inject_hyperparams(A.adagrad_norm)(learning_rate=0.5, initial_accumulator_value=0.0)
+    p = jnp.ones(3)
+    s = opt.init(p)
+    update = jax.jit(opt.update)
+    u, s = update(jnp.full(3, 2.0), s, p)
+    np.testing.assert_allclose(u, -0.5 * 2.0 / np.sqrt(12.0), rtol=1e-6)
+    s.hyperparams["learning_rate"] = jnp.asarray(0.25)
+    u2, _ = update(jnp.full(3, 2.0), s, p)
+    np.testing.assert_allclose(u2, -0.25 * 2.0 / np.sqrt(24.0), rtol=1e-6)
+
+
 def _by_hand(G):
     """The three tests' statistics written out with explicit loops (G: b x d)."""
     b, d = G.shape
