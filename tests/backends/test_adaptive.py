@@ -219,3 +219,21 @@ def test_batch_scaled_learning_rate():
     np.testing.assert_allclose(u["w"], [3.0, 3.0])
     with pytest.raises(ValueError, match="needs batch_size="):
         t.update({"w": jnp.ones(2)}, t.init(None))
+
+
+def test_fit_adaptive_stops_on_a_non_finite_step_keeping_the_last_good_state(key, tmp_path):
+    from ppl.transforms.fit import NonFiniteError, load_checkpoint
+
+    loss, p0, (x, y) = _logreg()
+    x = x.copy()
+    x[17] = np.nan  # the first batch that contains example 17 gives a NaN loss
+    ck = str(tmp_path / "run.npz")
+    with pytest.raises(NonFiniteError, match="not finite at step") as err:
+        fit(loss, OPT, p0, key=key, num_steps=40, data=(x, y), batch_size=CTL, chunk=5, checkpoint=ck)
+    good = int(err.value.state.step)
+    assert 0 < good < 40 and np.all(np.isfinite(np.asarray(err.value.state.params["w"])))
+    template = {"fit": err.value.state, "adaptive_batch": _adaptive_fit.AdaptiveBatchState(jnp.int32(0), jnp.int32(0))}
+    both, history, extras = load_checkpoint(ck, template, extras=("batch_sizes",))
+    assert int(both["fit"].step) == good == len(history) == len(extras["batch_sizes"])
+    assert int(both["adaptive_batch"].examples_seen) == int(np.sum(extras["batch_sizes"]))
+    assert np.all(np.isfinite(history))
