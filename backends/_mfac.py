@@ -10,11 +10,18 @@ identity turns the ``d x d`` inverse into an ``m x m`` solve::
 
     F^{-1} x = (1/damping) * (x - G^T (m * damping * I + G G^T)^{-1} G x)
 
+and since ``g_t`` is row ``i`` of ``G`` (so ``G g_t = G G^T e_i``) this is, exactly,
+``F^{-1} g_t = m * G^T (m * damping * I + G G^T)^{-1} e_i``: the form computed here. The reference
+evaluates the first form, whose difference ``x - G^T (...)`` cancels almost completely before
+the ``1/damping`` factor; in float32 with the default damping that loses every digit at
+``d = 1e5`` (bench/bench_mfac.py prints the error of both against float64).
+
 The state keeps ``G`` as a ring buffer and the Gram matrix ``G G^T`` up to date: replacing
-row ``i`` costs one product ``G g_t`` (O(dm)), which is both the new row and column ``i`` of
-the Gram matrix and the ``G x`` of the step. The ``m x m`` system is factorized (Cholesky) at
-every step, as the reference refactorizes its LU at every step; with the two ``d x m``
-products this is O(dm + m^3) per step. Rows not yet filled are zero and drop out of ``F``.
+row ``i`` costs one product ``G g_t`` (O(dm)), the new row and column ``i`` of the Gram matrix;
+the step is a second product ``G^T c`` (O(dm)). The ``m x m`` system is factorized (LU with
+partial pivoting, ``jnp.linalg.solve``) at every step, as the reference refactorizes its LU at
+every step; with the two ``d x m`` products this is O(dm + m^3) per step. (XLA:CPU's Cholesky
+measured 20x slower than its LU at m = 256 on this machine, so LU it is.) Rows not yet filled are zero and drop out of ``F``.
 """
 from __future__ import annotations
 
@@ -70,8 +77,12 @@ def scale_by_mfac(num_grads: int = 1024, damping: float = 1e-5) -> optax.Gradien
         gram = jax.lax.dynamic_update_slice_in_dim(gram, dots[:, None], i, axis=1)
         lam = jnp.asarray(damping, dtype)
         system = gram + (m * lam) * jnp.eye(m, dtype=dtype)
-        coef = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(system), dots)
-        u = (g - coef @ grads) / lam
+        # g is row i of G, so Woodbury's (g - G^T (m lam I + G G^T)^-1 G g) / lam equals
+        # m G^T (m lam I + G G^T)^-1 e_i: the same vector without the cancellation of g - G^T c
+        # (which 1/lam would amplify; with lam = 1e-5 in float32 it loses every digit).
+        e_i = jax.nn.one_hot(i, m, dtype=dtype)
+        coef = m * jnp.linalg.solve(system, e_i)
+        u = coef @ grads
         new = ScaleByMFACState(grads, gram, (i + 1) % m)
         return unravel(u.astype(jnp.result_type(*jax.tree_util.tree_leaves(updates)))), new
 
