@@ -62,7 +62,8 @@ def winsorize(percentile: float = 10.0) -> optax.GradientTransformationExtraArgs
 
     ``percentile`` c in [0, 50]: each coordinate is clipped to its c-th and (100 - c)-th
     percentile over the batch (nearest rank), then averaged. c = 0 is the plain mean.
-    Stateless.
+    Stateless. Costs a sort of the batch per coordinate (XLA:CPU's sort is slow: on a
+    40k-parameter MLP with B = 100 it dominates the step).
     """
     _checks.in_range("winsorize", "percentile", percentile, 0.0, 50.0, hi_open=False)
 
@@ -75,6 +76,8 @@ def winsorize(percentile: float = 10.0) -> optax.GradientTransformationExtraArgs
         _batch_size(updates, "winsorize")
 
         def agg(x):
+            if isinstance(percentile, (int, float)) and percentile == 0:
+                return jnp.mean(x, axis=0).astype(x.dtype)  # nothing clipped: skip the sort
             lo = _percentile_nearest(x, percentile)
             hi = _percentile_nearest(x, 100.0 - percentile)
             return jnp.mean(jnp.clip(x, lo, hi), axis=0).astype(x.dtype)
