@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import jax.extend.core as jex
+from jax._src import source_info_util as _source_info
 from jax.extend.core.primitives import stop_gradient_p as _stop_gradient_p
 from jax._src.interpreters import batching as _batching
 from jax.interpreters import ad as _ad
@@ -77,7 +78,10 @@ def bind_eqn(eqn, invals):
     here made reverse-mode gradients wrong (measured), so this refuses it with the fix instead.
     """
     try:
-        out = eqn.primitive.bind(*invals, **bind_params(eqn))
+        # keep the equation's source line (JAX records it again at bind) so that re-emitted
+        # programs point at the user's code, not at the interpreter's
+        with _source_info.user_context(eqn.source_info.traceback, name_stack=eqn.source_info.name_stack):
+            out = eqn.primitive.bind(*invals, **bind_params(eqn))
     except ValueError as e:
         if "varying manual axes" in str(e) or "invariant->variant" in str(e):
             raise ValueError(
@@ -105,3 +109,25 @@ def make_jaxpr(fn, *args):
     """Stage ``fn(*args)`` to a ClosedJaxpr; returns (closed_jaxpr, out_treedef)."""
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
     return closed, jax.tree_util.tree_structure(out_shape)
+
+
+def lower_fun(fn, multiple_results):
+    return _mlir.lower_fun(fn, multiple_results=multiple_results)
+
+
+def instantiate_zeros(t):
+    return _ad.instantiate_zeros(t)
+
+
+def source_line(eqn) -> str:
+    """Where JAX recorded ``eqn`` (the user's file:line, JAX's own frames skipped)."""
+    return _source_info.summarize(eqn.source_info)
+
+
+def custom_primal_jaxpr(eqn):
+    """The primal (ClosedJaxpr) of a custom_jvp_call / custom_vjp_call equation."""
+    p = eqn.params
+    inner = p.get("call_jaxpr", p.get("fun_jaxpr"))
+    if isinstance(inner, ClosedJaxpr):
+        return inner
+    return ClosedJaxpr(inner, ())

@@ -29,20 +29,60 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 from ppl import _compat
 from ppl._interp import run
 from ppl._interp import stage as _stage
 from ppl._site import fmt_address, normalize_address
 
-from ._estimator import DualSite, Estimator, Reparam, ScoreFunction
+from ._estimator import DualSite, Estimator, EstimatorError, Reparam, ScoreFunction
+from ._verdict import Analysis, SiteFacts, VerdictError, analyze
 from .adev import Sampler, adev_jvp, expect_p, flatten
 
-__all__ = ["expectation", "Expectation", "Plan"]
+__all__ = ["expectation", "Expectation", "Plan", "VerdictError"]
 
 
 def default_estimator(site: DualSite) -> Estimator:
     return Reparam() if site.dist().has_rsample else ScoreFunction()
+
+
+class _Watch:
+    """The chosen estimator, watched: did it hand the continuation a tangent for the value?"""
+
+    def __init__(self, est, facts):
+        self.est = est
+        self.facts = facts
+
+    def jvp(self, key, site, kont):
+        def watched(k, x, dx):
+            if dx is not None:
+                self.facts.pathwise = True
+            return kont(k, x, dx)
+
+        return self.est.jvp(key, site, watched)
+
+    def __getattr__(self, name):
+        return getattr(self.est, name)
+
+
+_DISCRETE_FAMILIES = frozenset({"Bernoulli", "Categorical", "Poisson", "Geometric"})
+
+
+def _continuous(site: DualSite) -> bool:
+    """Whether the site's values form a continuum (a discrete choice moves no jump smoothly)."""
+    if not jnp.issubdtype(site.site.dtype, jnp.inexact):
+        return False
+    d = site.dist()
+    if d.family in _DISCRETE_FAMILIES:
+        return False
+    support = getattr(getattr(d, "base", None), "support", None)
+    if getattr(support, "is_discrete", False):
+        return False
+    try:
+        return d.support_values() is None
+    except Exception:  # a support that cannot be listed here: assume a continuum (conservative)
+        return True
 
 
 class _Selector:
@@ -53,6 +93,7 @@ class _Selector:
         self.fn = fn
         self.record = record
         self.used: set = set()
+        self.facts: dict = {}  # address -> SiteFacts: what ADEV saw at each site
 
     def _from_mapping(self, addr):
         for n in range(len(addr), 0, -1):
@@ -73,39 +114,102 @@ class _Selector:
             raise TypeError(f"the estimator chosen for site {site.name!r} is {est!r}, not an "
                             "Estimator object from ppl.estimators")
         est.check(site)
-        if self.record is not None:
-            self.record.append((site, est))
-        return est
+        f = self.facts.get(site.addr)
+        if f is None:
+            f = self.facts[site.addr] = SiteFacts(est.describe(), _continuous(site))
+        if self.record is not None:  # the distribution's name now: its parameters are traced values
+            self.record.append((site, est, site.dist().name))
+        f.params_live = f.params_live or site.has_tangent
+        return _Watch(est, f)
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The estimation plan of an objective: one row per random choice."""
+    """The estimation plan of an objective: one row per random choice.
+
+    Each row's ``verdict`` is ``"yes"`` (the estimator is unbiased and ADEV saw no
+    discontinuity where it matters), ``"NO (biased)"`` (a biased estimator) or
+    ``"unverified"`` (``findings`` say where the program may be discontinuous in the site's
+    value); ``row["unbiased"]`` is True only for ``"yes"``. ``objective`` holds the marks the
+    objective put on itself (``(kind, reason)``: a biased estimator or a surrogate).
+    """
 
     rows: tuple
+    objective: tuple = ()
 
     @property
     def unbiased(self) -> bool:
-        return all(r["unbiased"] for r in self.rows)
+        """True only when every row is proven ("yes") and the objective marks nothing."""
+        return all(r["verdict"] == "yes" for r in self.rows) and not self.objective
 
     def __str__(self):
         head = ("address", "distribution", "shape", "estimator", "unbiased")
-        lines = [head] + [(r["address"], r["distribution"], str(r["shape"]), r["estimator"],
-                           "yes" if r["unbiased"] else "NO (biased)") for r in self.rows]
+        lines = [head] + [(r["address"], r["distribution"], str(r["shape"]), r["estimator"], r["verdict"])
+                          for r in self.rows]
         widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
         out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
         out.insert(1, "  ".join("-" * w for w in widths))
-        verdict = "unbiased" if self.unbiased else "BIASED: see the rows marked NO"
+        for r in self.rows:
+            out += [f"{r['address']}: unverified: {f}" for f in r["findings"]]
+        out += [f"objective: {kind.upper()}: {reason}" for kind, reason in self.objective]
+        kinds = {k for k, _ in self.objective}
+        if any(r["verdict"].startswith("NO") for r in self.rows) or "biased" in kinds:
+            verdict = "BIASED: see the rows marked NO and the objective's marks"
+        elif "surrogate" in kinds:
+            verdict = "the gradient of a SURROGATE, not of the expected value (see the objective's mark)"
+        elif not self.unbiased:
+            verdict = ("UNVERIFIED: unbiased only if the program is continuous where the rows above "
+                       "say (expectation(..., strict=True) raises here)")
+        else:
+            verdict = "unbiased"
         return "\n".join(out + [f"gradient estimate: {verdict}"])
 
     __repr__ = __str__
 
 
+def _rows(record, analysis: Analysis):
+    rows, seen = [], set()
+    for site, est, dist_name in record:
+        key = (site.addr, id(site.site.treedef), type(est).__name__)
+        if key in seen:  # an estimator that calls its continuation many times sees sites again
+            continue
+        seen.add(key)
+        findings = tuple(str(f) for f in analysis.findings.get(site.name, ()))
+        verdict = "NO (biased)" if not est.unbiased else "unverified" if findings else "yes"
+        rows.append({"address": site.name, "distribution": dist_name, "shape": site.site.value_shape,
+                     "estimator": est.describe(), "unbiased": verdict == "yes", "verdict": verdict,
+                     "findings": findings if verdict == "unverified" else ()})
+    return tuple(rows)
+
+
+def _raise_violations(analysis: Analysis):
+    for who, fix, addr, f in analysis.violations:
+        raise EstimatorError(
+            f"{who}: random choice {addr!r} uses {f.estimator}, which holds the value fixed instead of "
+            f"reparameterizing it, so {who}'s gradient would be biased there. {fix}")
+
+
+def _raise_strict(name, analysis: Analysis, record):
+    for site, est, _ in record:
+        if not est.unbiased:
+            raise VerdictError(f"strict mode: {name}: random choice {site.name!r} uses {est.describe()}, a "
+                               "biased estimator. Choose an unbiased one, or drop strict=True.")
+    for addr, fs in analysis.findings.items():
+        raise VerdictError(
+            f"strict mode: {name}: {fs[0]}, so the gradient estimate is not proven unbiased. Make the "
+            f"program continuous in {addr} there (e.g. jnp.maximum instead of a comparison and a select), "
+            f"or estimate {addr} with an estimator that holds its value fixed (ScoreFunction, a Baseline "
+            "around it, MVD), or drop strict=True.")
+    for kind, reason in analysis.marks:
+        raise VerdictError(f"strict mode: {name}: the objective marks itself {kind}: {reason}")
+
+
 class Expectation:
     """An objective program marked for ADEV (see the module docstring)."""
 
-    def __init__(self, fn: Callable, estimators: Any = None):
+    def __init__(self, fn: Callable, estimators: Any = None, strict: bool = False):
         self.fn = fn
+        self.strict = bool(strict)
         mapping, selfn = {}, None
         if callable(estimators) and not isinstance(estimators, dict):
             selfn = estimators
@@ -155,8 +259,11 @@ class Expectation:
             sel = self._selector(mapping)
             jaxpr = _compat.ClosedJaxpr(_lift_consts(closed.jaxpr), [])
             fl = flatten(jaxpr, flat)
+            record = []
+            sel.record = record
             outs, touts = adev_jvp(fl, key, flat, flat_t, sel)
             self._check_used(sel, fl)
+            self._verdict(fl, [False] * n_consts + [t is not None for t in flat_t[n_consts:]], sel, record)
             return outs, touts
 
         value.defjvp(value_jvp)
@@ -193,34 +300,44 @@ class Expectation:
                              select=sel)
         return jax.tree_util.tree_unflatten(out_tree, outs)
 
+    def _verdict(self, fl, live, sel, record) -> Analysis:
+        """Derive the verdict from the walk ADEV just made; refuse what must be refused."""
+        analysis = analyze(fl, live, sel.facts)
+        _raise_violations(analysis)
+        if self.strict:
+            _raise_strict(self.__name__, analysis, record)
+        return analysis
+
     # --- the plan ------------------------------------------------------------------------------
     def plan(self, *args) -> Plan:
-        """Every random choice with its distribution, estimator and unbiasedness."""
+        """Every random choice with its distribution, estimator and verdict.
+
+        The verdict is derived from a walk of the objective with every floating-point argument
+        differentiated (see ``ppl.transforms._verdict``); it never raises for an unverified
+        row, strict mode or not (the gradient does).
+        """
         closed, flat, _ = _stage(self.fn, args)
         record: list = []
         jaxpr = _compat.ClosedJaxpr(_lift_consts(closed.jaxpr), [])
         all_args = list(closed.consts) + list(flat)
+        n_consts = len(closed.consts)
+        live = [False] * n_consts + [jnp.issubdtype(jnp.result_type(a), jnp.inexact) for a in flat]
+        seen: list = []
 
         def traced(*a):
             fl = flatten(jaxpr, list(a))
             sel = self._selector(self._mapping, record)
-            tangents = [None] * len(a)
+            tangents = [jnp.zeros_like(x) if lv else None for x, lv in zip(a, live)]
             out = adev_jvp(fl, jax.random.key(0), list(a), tangents, sel)
             self._check_used(sel, fl)
+            seen.append((fl, sel))
             return out
 
         jax.eval_shape(traced, *all_args)
-        rows, seen = [], set()
-        for site, est in record:
-            key = (site.addr, id(site.site.treedef), type(est).__name__)
-            if key in seen:  # an estimator that calls its continuation many times sees sites again
-                continue
-            seen.add(key)
-            d = site.dist()
-            rows.append({"address": site.name, "distribution": d.name,
-                         "shape": site.site.value_shape, "estimator": est.describe(),
-                         "unbiased": bool(est.unbiased)})
-        return Plan(tuple(rows))
+        fl, sel = seen[0]
+        analysis = analyze(fl, live, sel.facts)
+        _raise_violations(analysis)
+        return Plan(_rows(record, analysis), tuple(analysis.marks))
 
 
 def _lift_consts(jaxpr):
@@ -230,15 +347,19 @@ def _lift_consts(jaxpr):
     return pe.convert_constvars_jaxpr(jaxpr)
 
 
-def expectation(fn=None, *, estimators=None):
+def expectation(fn=None, *, estimators=None, strict=False):
     """Mark ``fn`` as an objective program; see :class:`Expectation`.
 
     Usable as ``expectation(fn)``, ``expectation(fn, estimators=...)`` or as a decorator
-    ``@expectation`` / ``@expectation(estimators=...)``.
+    ``@expectation`` / ``@expectation(estimators=...)``. With ``strict=True`` the gradient
+    (``jax.grad``, ``value_and_grad``, ``jvp``) raises :class:`VerdictError` at trace time,
+    naming the site, the primitive and the source line, wherever the plan would not say
+    "yes" (a possible discontinuity, a biased estimator, an objective marked biased or a
+    surrogate).
     """
     if fn is None:
-        return lambda f: Expectation(f, estimators)
-    return Expectation(fn, estimators)
+        return lambda f: Expectation(f, estimators, strict)
+    return Expectation(fn, estimators, strict)
 
 
 # --- the nested-expectation primitive's rules ------------------------------------------------------
