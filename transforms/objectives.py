@@ -6,9 +6,12 @@ expected value is the bound, and ADEV turns it into an unbiased gradient estimat
 each random choice's estimator chosen per site. The code is the documentation: write your
 own objective the same way.
 
-Which are biased (as *gradient* estimators of the bound they return): ``iwae_stl``
-(sticking the landing is biased for K > 1, see Tucker et al. 2018); ``rws_wake_p`` /
-``rws_wake_q`` are surrogate updates of reweighted wake-sleep, not gradients of a bound.
+Which are biased (as *gradient* estimators of the bound they return), and say so in their
+plan through :func:`ppl.transforms.mark`: ``iwae_stl`` (sticking the landing is biased for
+K > 1, see Tucker et al. 2018); ``rws_wake_p`` / ``rws_wake_q`` are surrogate updates of
+reweighted wake-sleep, not gradients of a bound. ``iwae_dreg`` needs every guide choice
+reparameterized and refuses (at trace time, naming the site) one that is not. ``elbo_stl``
+stays unbiased for any guide: the term it drops, ``E_q[d log q_phi(z) / d phi]``, is zero.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from ._verdict import mark, require_pathwise
 from .vi import Marginal, density, sim
 
 __all__ = ["elbo", "elbo_stl", "iwae", "iwae_dreg", "iwae_stl", "renyi", "vimco",
@@ -64,7 +68,12 @@ def iwae_stl(model, guide, k):
     """IWAE with ``log q`` at stopped parameters. BIASED for K > 1 (Tucker et al., 2018)."""
     def objective(model_args, guide_args):
         _, lw = _particles(model, guide, k, model_args, guide_args, sg(guide_args))
-        return logsumexp(lw) - math.log(k)
+        value = logsumexp(lw) - math.log(k)
+        if k > 1:
+            value = mark(value, "biased", f"iwae_stl with K={k}: sticking the landing biases the IWAE "
+                         "gradient for K > 1 (Tucker et al. 2018); use iwae_dreg (reparameterized guides) "
+                         "or iwae")
+        return value
     return objective
 
 
@@ -76,12 +85,18 @@ def iwae_dreg(model, guide, k):
     """
     def objective(model_args, guide_args):
         choices, lw_sg_q = _particles(model, guide, k, sg(model_args), guide_args, sg(guide_args))
+        choices = require_pathwise(choices, "iwae_dreg", _DREG_FIX)
         lp_model = jax.vmap(lambda c: density(model, sg(c), *model_args))(choices)
         bound = logsumexp(lw_sg_q) - math.log(k)
         wt = sg(jax.nn.softmax(lw_sg_q))
         surrogate = jnp.sum(wt**2 * lw_sg_q) + jnp.sum(wt * lp_model)
         return sg(bound) + surrogate - sg(surrogate)
     return objective
+
+
+_DREG_FIX = ("DReG's guide gradient needs every guide choice reparameterized. For a discrete or "
+             "score-function guide use vimco(model, guide, k), or iwae(model, guide, k) with a "
+             "score-function estimator (e.g. Baseline(ScoreFunction(), ...) or LeaveOneOut(n)).")
 
 
 def renyi(model, guide, k, alpha):
@@ -161,7 +176,9 @@ def rws_wake_p(model, guide, k):
     def objective(model_args, guide_args):
         choices, lw = _particles(model, guide, k, model_args, sg(guide_args))
         lp = jax.vmap(lambda c: density(model, sg(c), *model_args))(choices)
-        return jnp.sum(sg(jax.nn.softmax(lw)) * lp)
+        return mark(jnp.sum(sg(jax.nn.softmax(lw)) * lp), "surrogate",
+                    "rws_wake_p: the reweighted wake-sleep wake-p update (self-normalized, stopped "
+                    "weights), not the gradient of its expected value")
     return objective
 
 
@@ -170,5 +187,7 @@ def rws_wake_q(model, guide, k):
     def objective(model_args, guide_args):
         choices, lw = _particles(model, guide, k, sg(model_args), sg(guide_args))
         lq = jax.vmap(lambda c: density(guide, sg(c), *guide_args))(choices)
-        return jnp.sum(sg(jax.nn.softmax(lw)) * lq)
+        return mark(jnp.sum(sg(jax.nn.softmax(lw)) * lq), "surrogate",
+                    "rws_wake_q: the reweighted wake-sleep wake-q update (self-normalized, stopped "
+                    "weights), not the gradient of its expected value")
     return objective
