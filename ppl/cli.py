@@ -97,6 +97,8 @@ def build_parser():
     p.add_argument("--estimator", action="append", default=[], metavar="ADDR=NAME",
                    help="estimator of the random choices at ADDR (repeatable), e.g. z=reparam")
     p.add_argument("--air-hybrid", action="store_true", help="AIR: Enum for step 0's presence, MVD for later steps")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse to train unless the plan proves the gradient unbiased (expectation(..., strict=True))")
     p.add_argument("--data", default="digits", help="digits (bundled, default) | mnist")
     p.add_argument("--mnist-dir", default=None, metavar="PATH", help="MNIST IDX folder (or env PPL_MNIST_DIR)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: vae 2000, dvae 1500, air 400)")
@@ -236,7 +238,7 @@ def _objective(args, model, guide, mapping):
         obj = fn(model, guide, args.particles) if takes_k else fn(model, guide)
     except ValueError as e:
         raise UsageError(f"--objective {args.objective}: {e}") from None
-    return expectation(obj, estimators=mapping or None)
+    return expectation(obj, estimators=mapping or None, strict=args.strict)
 
 
 def setup(args):
@@ -263,6 +265,8 @@ def setup(args):
         if isinstance(e, (EstimatorError, KeyError, TypeError, ValueError)):
             raise UsageError(_in_flag_terms(" ".join(str(e).strip("'\"").split()))) from None
         raise
+    if args.strict and not plan.unbiased:
+        raise UsageError(f"--strict: the gradient estimate is not proven unbiased:\n{plan}")
     return task, E, plan
 
 
@@ -324,7 +328,8 @@ def run(args):
     plots = task.plots(out, res.params, res.history)
     summary = {"model": args.model, "data": task.data_name, "objective": args.objective,
                "particles": args.particles if OBJECTIVES[args.objective][1] else None,
-               "estimators": [{"address": r["address"], "estimator": r["estimator"], "unbiased": r["unbiased"]}
+               "estimators": [{"address": r["address"], "estimator": r["estimator"], "unbiased": r["unbiased"],
+                               "verdict": r["verdict"], "findings": list(r["findings"])}
                               for r in plan.rows],
                "steps": int(res.state.step), "resumed_at_step": resumed_at,
                "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
