@@ -306,13 +306,15 @@ class _Walker:
         return [_depend(o, index) for o in outs]
 
     def _nested(self, eqn, vals):
-        # A nested expectation's own random choices are integrated by its own estimators (its
-        # sites are not in this plan); its marks still apply to the objective that uses it.
-        inner = _Walker({})
-        inner._closed(eqn.params["jaxpr"], list(vals))
+        # A nested expectation: its sites were estimated by its own selector, which recorded
+        # what it saw; its jumps, marks and requirements count for the objective that uses it.
+        inner = _Walker(getattr(eqn.params["select"], "facts", {}))
+        outs = inner._closed(eqn.params["jaxpr"], list(vals))
         self.marks.extend(inner.marks)
+        self.violations.extend(inner.violations)
         v = _joinall(vals)
-        return [_A(v.live and _inexact(o.aval), v.rand, v.src, v.disc) for o in eqn.outvars]
+        return [_A(v.live and _inexact(ov.aval), v.rand | o.rand, v.src | o.src, v.disc | o.disc)
+                for o, ov in zip(outs, eqn.outvars)]
 
 
 def _never_moves(eqn):

@@ -136,11 +136,12 @@ class Plan:
 
     rows: tuple
     objective: tuple = ()
+    nested: tuple = ()  # findings at random choices of nested expectations (not rows here)
 
     @property
     def unbiased(self) -> bool:
         """True only when every row is proven ("yes") and the objective marks nothing."""
-        return all(r["verdict"] == "yes" for r in self.rows) and not self.objective
+        return all(r["verdict"] == "yes" for r in self.rows) and not self.objective and not self.nested
 
     def __str__(self):
         head = ("address", "distribution", "shape", "estimator", "unbiased")
@@ -151,6 +152,7 @@ class Plan:
         out.insert(1, "  ".join("-" * w for w in widths))
         for r in self.rows:
             out += [f"{r['address']}: unverified: {f}" for f in r["findings"]]
+        out += [f"nested expectation: unverified: {f}" for f in self.nested]
         out += [f"objective: {kind.upper()}: {reason}" for kind, reason in self.objective]
         kinds = {k for k, _ in self.objective}
         if any(r["verdict"].startswith("NO") for r in self.rows) or "biased" in kinds:
@@ -337,7 +339,10 @@ class Expectation:
         fl, sel = seen[0]
         analysis = analyze(fl, live, sel.facts)
         _raise_violations(analysis)
-        return Plan(_rows(record, analysis), tuple(analysis.marks))
+        rows = _rows(record, analysis)
+        shown = {r["address"] for r in rows}
+        nested = tuple(str(f) for a, fs in analysis.findings.items() if a not in shown for f in fs)
+        return Plan(rows, tuple(analysis.marks), nested)
 
 
 def _lift_consts(jaxpr):

@@ -74,9 +74,13 @@ def test_strict_mode_raises_naming_site_primitive_and_line(fn, prim, key):
 
 
 def test_the_unverified_gradients_are_wrong(key):
-    """Why the rows are not "yes": the pathwise gradient of where(z > 0) and floor(z) is exactly 0."""
-    for fn in (where_program, floor_program):
-        assert float(expectation(fn).grad(key, T)) == 0.0  # exact: 0.3521 and sum_k phi(k - t)
+    """Why the rows are not "yes": for every key the pathwise gradient of where(z > 0) and
+    floor(z) is 0 (exact: 0.3521 and sum_k phi(k - t)), and of cond(z > 0, z + 1, z) it is 1
+    (exact: d/dt [t + P(z > 0)] = 1.3521)."""
+    keys = jax.random.split(key, 3)
+    for fn, wrong in ((where_program, 0.0), (floor_program, 0.0), (cond_program, 1.0)):
+        E = expectation(fn)
+        assert [float(E.grad(k, T)) for k in keys] == [wrong] * 3
 
 
 @pytest.mark.parametrize("est", [ScoreFunction(), MVD()], ids=["score", "mvd"])
@@ -260,3 +264,19 @@ def test_guide_simulated_inside_an_objective():
     rows = {r["address"]: r for r in expectation(obj).plan(T).rows}
     assert rows["z"]["verdict"] == "unverified" and rows["k"]["verdict"] == "yes"
     assert any(f"{HERE}:{line_of(guide, 'z > 0')}" in f for f in rows["z"]["findings"])
+
+
+def test_a_jump_inside_a_nested_expectation_is_found():
+    inner = expectation(lambda t: jnp.where(ppl.sample("z", nd.Normal(t, 1.0)) > 0, 1.0, 0.0))
+    inner_ok = expectation(lambda t: jax.nn.relu(ppl.sample("z", nd.Normal(t, 1.0))))
+
+    def outer(t, e):
+        w = ppl.sample("w", nd.Normal(t, 1.0))
+        return e(t) * w
+
+    plan = expectation(lambda t: outer(t, inner)).plan(T)
+    assert [r["verdict"] for r in plan.rows] == ["yes"] and not plan.unbiased
+    assert "nested expectation: unverified: the program may be discontinuous in z at gt" in str(plan)
+    with pytest.raises(VerdictError, match="discontinuous in z at gt"):
+        expectation(lambda t: outer(t, inner), strict=True).grad(jax.random.key(0), T)
+    assert expectation(lambda t: outer(t, inner_ok)).plan(T).unbiased
