@@ -22,7 +22,10 @@ floating-point value (casts, ``argmax``/``argmin``, ``sort``/``top_k`` indices, 
 continuous random choice in that operand's ``rand`` gets a finding: "the program may be
 discontinuous in <address> at <primitive> (<source line>)". Continuous non-smooth operations
 (``max``, ``min``, ``abs``, ``clamp``, ``relu``, sorted values, a ``select`` whose predicate does
-not move) are no discontinuity. A jump is a finding only if it reaches the objective's outputs through data flow, so
+not move) are no discontinuity; nor is a ``select`` with a constant infinite case (a support check
+``where(in_support(x), log_p(x), -inf)``: crossing it makes the expectation infinite), nor
+``==``/``!=`` on a value without atoms (it equals a given number with probability 0; values
+that went through ``max``/``min``/``clamp``/``select`` may have atoms). A jump is a finding only if it reaches the objective's outputs through data flow, so
 an unused comparison is none, and neither is ``where(isfinite(x), f(x), g(x))``'s ``g`` (it
 runs only on infinities; NumPyro's ``binary_cross_entropy_with_logits`` compares ``x > 0``
 there).
@@ -144,6 +147,8 @@ class _A(NamedTuple):
     src: frozenset = frozenset()   # every random choice it depends on
     disc: frozenset = frozenset()  # discontinuities (address, primitive, where) it passed through
     finite: bool = False           # it is an is_finite test (selects on it skip the non-finite case)
+    inf: bool = False              # a constant infinity or NaN (a log density's "impossible")
+    atom: bool = False             # may equal a value with positive probability that moves (relu(z) == 0)
 
 
 _BOT = _A()
@@ -154,7 +159,7 @@ def _inexact(aval):
 
 
 def _join(a, b):
-    return _A(a.live or b.live, a.rand | b.rand, a.src | b.src, a.disc | b.disc)
+    return _A(a.live or b.live, a.rand | b.rand, a.src | b.src, a.disc | b.disc, atom=a.atom or b.atom)
 
 
 def _joinall(vals):
@@ -166,7 +171,7 @@ def _joinall(vals):
 
 def _depend(x, on):
     """``x`` also depends on ``on`` (a predicate, an index): its randomness and its jumps."""
-    return _A(x.live, x.rand | on.rand, x.src | on.src, x.disc | on.disc)
+    return _A(x.live, x.rand | on.rand, x.src | on.src, x.disc | on.disc, atom=x.atom or on.atom)
 
 
 class _Walker:
@@ -181,7 +186,9 @@ class _Walker:
             env[v] = x
 
         def read(v):
-            return _BOT if _compat.is_literal(v) else env.get(v, _BOT)
+            if _compat.is_literal(v):
+                return _INF if _nonfinite(v.val) else _BOT
+            return env.get(v, _BOT)
 
         for eqn in jaxpr.eqns:
             outs = self.eqn(eqn, [read(v) for v in eqn.invars])
@@ -233,17 +240,21 @@ class _Walker:
         j = _joinall(vals)
         disc = j.disc
         if live and name not in _SAFE_INT_RESULTS and (
-                name in _ROUNDING or any(not _inexact(o.aval) for o in eqn.outvars)) and not _never_moves(eqn):
+                name in _ROUNDING or any(not _inexact(o.aval) for o in eqn.outvars)) and not _never_moves(eqn) and not (
+                name in ("eq", "ne") and not any(x.atom for x in floats)):
+            # (eq/ne: a continuous value without atoms equals a given value with probability 0)
             # A live operand moves the jump or moves with it: every continuous random choice any
             # operand depends on may see d/dt E differ from E d/dt (pathwise: z > 0; held
             # fixed: z > t).
             addrs = frozenset().union(*[x.rand for x in floats])
             where = _compat.source_line(eqn)
             disc = disc | frozenset((a, name, where) for a in addrs)
+        inf = name in _SHAPE_ONLY and bool(vals) and vals[0].inf
+        atom = j.atom or name in _FLAT
         outs = []
         for o in eqn.outvars:
             lv = live and _inexact(o.aval) and name not in _ROUNDING and name not in _CUT
-            outs.append(_A(lv, j.rand, j.src, disc, name == "is_finite"))
+            outs.append(_A(lv, j.rand, j.src, disc, name == "is_finite", inf, atom))
         return outs
 
     def _select(self, vals):
@@ -252,7 +263,14 @@ class _Walker:
             # where(isfinite(x), f(x), g(x)): g only ever runs on infinities and NaNs, which a
             # continuous random value is not (almost surely); its jumps are never reached.
             cases[0] = _A(cases[0].live, cases[0].rand, cases[0].src)
-        return _depend(_joinall(cases), pred)
+        finite_cases = [c for c in cases if not c.inf]
+        if len(finite_cases) < len(cases) and finite_cases:
+            # where(in_support(x), log_p(x), -inf): taking the infinite case makes the objective
+            # infinite, so where its expectation is finite that case has probability zero and the
+            # predicate's jump is never crossed (a support check is no discontinuity)
+            out = _joinall(finite_cases)
+            return _A(out.live, out.rand | pred.rand, out.src | pred.src, out.disc, atom=True)
+        return _A(*_depend(_joinall(cases), pred)[:6], atom=True)
 
     def _site(self, eqn, vals):
         p = eqn.params
@@ -315,6 +333,19 @@ class _Walker:
         v = _joinall(vals)
         return [_A(v.live and _inexact(ov.aval), v.rand | o.rand, v.src | o.src, v.disc | o.disc)
                 for o, ov in zip(outs, eqn.outvars)]
+
+
+_INF = _A(inf=True)
+_SHAPE_ONLY = frozenset({"broadcast_in_dim", "convert_element_type", "reshape", "copy", "squeeze",
+                         "expand_dims", "neg", "copy_p"})
+_FLAT = frozenset({"max", "min", "clamp", "reduce_max", "reduce_min", "cummax", "cummin"})  # flat regions
+
+
+def _nonfinite(val):
+    try:
+        return bool(np.all(~np.isfinite(np.asarray(val))))
+    except TypeError:
+        return False
 
 
 def _never_moves(eqn):

@@ -129,6 +129,8 @@ CONTINUOUS = {
     "select on a stopped value": lambda z, t: jnp.where(jax.lax.stop_gradient(z) > 0, z, 0.0),
     "nan_to_num": lambda z, t: jnp.nan_to_num(z),
     "logaddexp": lambda z, t: jnp.logaddexp(z, t),
+    "equality without atoms": lambda z, t: jnp.where(z == t, 1.0, z),  # P(z == t) = 0
+    "support check": lambda z, t: jnp.where(z > -5.0, -z**2, -jnp.inf),  # the other case is impossible
 }
 
 DISCONTINUOUS = {
@@ -138,7 +140,7 @@ DISCONTINUOUS = {
     "round": (lambda z, t: jnp.round(z), "round"),
     "sign": (lambda z, t: jnp.sign(z) * t, "sign"),
     "mod": (lambda z, t: jnp.mod(z, 1.0), "rem"),
-    "equality": (lambda z, t: jnp.where(z == t, 1.0, 0.0), "eq"),
+    "equality with an atom": (lambda z, t: jnp.where(jax.nn.relu(z - t) == 0, 1.0, 0.0), "eq"),
     "dynamic index": (lambda z, t: jnp.arange(4.0)[jnp.clip(jnp.floor(z + 2), 0, 3).astype(int)], "floor"),
 }
 
@@ -280,3 +282,18 @@ def test_a_jump_inside_a_nested_expectation_is_found():
     with pytest.raises(VerdictError, match="discontinuous in z at gt"):
         expectation(lambda t: outer(t, inner), strict=True).grad(jax.random.key(0), T)
     assert expectation(lambda t: outer(t, inner_ok)).plan(T).unbiased
+
+
+def test_densities_with_support_checks_and_boundary_guards_stay_yes():
+    """NumPyro validates a value's support inside log_prob (where(in_support, lp, -inf)) and Beta
+    guards its boundaries (where(x == 0, ...)): neither is a jump an ELBO can cross."""
+    from ppl.transforms import objectives as O
+
+    for mk in (lambda t: nd.Gamma(jnp.exp(t), 1.0), lambda t: nd.Beta(jnp.exp(t), 2.0),
+               lambda t: nd.Uniform(t, t + 2.0), lambda t: tfd.LogNormal(t, 1.0)):
+        def guide(t, mk=mk):
+            ppl.sample("z", mk(t))
+
+        def model(mk=mk):
+            ppl.sample("z", mk(0.1))
+        assert expectation(O.elbo(model, guide)).plan((), (jnp.array(0.3),)).unbiased
