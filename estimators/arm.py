@@ -25,7 +25,7 @@ def _check_bernoulli(est, site):
 def _logits(site, shape, dtype):
     """Logits and their tangent as ``log p(1) - log p(0)``: stable for any parameterization."""
     one, zero = jnp.ones(shape, dtype), jnp.zeros(shape, dtype)
-    return site.jvp(lambda dd: dd.log_prob(one) - dd.log_prob(zero))
+    return site.jvp(lambda dd: dd.sampling_log_prob(one) - dd.sampling_log_prob(zero))
 
 
 def _antithetic(site, kont, key, pair, batch_size):

@@ -64,7 +64,7 @@ class Enum(Estimator):
 
     def jvp(self, key, site, kont):
         vals = site.dist().enumerate(self.max_size)
-        p, dp = site.jvp(lambda dd: jnp.exp(jax.vmap(lambda v: jnp.sum(dd.log_prob(v)))(vals)))
+        p, dp = site.jvp(lambda dd: jnp.exp(jax.vmap(lambda v: jnp.sum(dd.sampling_log_prob(v)))(vals)))
         outs, douts = call_many(kont, key, vals, self.batch_size)
         out, dout = wsum(p, outs), wsum(p, douts)
         if dp is None:

@@ -45,7 +45,7 @@ class LeaveOneOut(Estimator):
         outs, douts = call_many(kont, jax.random.split(k2, n), xs, self.batch_size)
         w = jnp.full((n,), 1.0 / n)
         out, dout = wsum(w, outs), wsum(w, douts)
-        _, dlp = site.jvp(lambda dd: jax.vmap(lambda x: jnp.sum(dd.log_prob(x)))(xs))
+        _, dlp = site.jvp(lambda dd: jax.vmap(lambda x: jnp.sum(dd.sampling_log_prob(x)))(xs))
         if dlp is None:
             return out, dout
         resid = [(o - m[None]) * (n / (n - 1)) for o, m in zip(outs, out)]

@@ -43,12 +43,12 @@ def _relaxed(site, key, temperature):
     if d.family == "Bernoulli":
         noise = logistic(key, shape, dtype)
         one, zero = jnp.ones(shape, dtype), jnp.zeros(shape, dtype)
-        soft = site.jvp(lambda dd: jax.nn.sigmoid((dd.log_prob(one) - dd.log_prob(zero) + noise) / temperature))
+        soft = site.jvp(lambda dd: jax.nn.sigmoid((dd.sampling_log_prob(one) - dd.sampling_log_prob(zero) + noise) / temperature))
         return soft, (soft[0] > 0.5).astype(dtype)
     k = shape[-1]
     g = jax.random.gumbel(key, shape, dtype)
     eye = jnp.broadcast_to(jnp.eye(k, dtype=dtype).reshape((k,) + (1,) * (len(shape) - 1) + (k,)), (k,) + shape)
-    soft = site.jvp(lambda dd: jax.nn.softmax((jnp.moveaxis(jax.vmap(dd.log_prob)(eye), 0, -1) + g) / temperature, -1))
+    soft = site.jvp(lambda dd: jax.nn.softmax((jnp.moveaxis(jax.vmap(dd.sampling_log_prob)(eye), 0, -1) + g) / temperature, -1))
     return soft, jax.nn.one_hot(jnp.argmax(soft[0], -1), k, dtype=dtype)
 
 

@@ -96,6 +96,13 @@ class Dist:
     def log_prob(self, value):
         raise NotImplementedError
 
+    def sampling_log_prob(self, value):
+        """Log density of the law values are drawn from. NumPyro's ``.mask(...)`` drops density
+        terms but not draws, so its masks are removed here (TFP's ``Masked`` draws masked
+        elements from a fixed safe sample instead, so its zero density is the right one).
+        Estimators' score terms use it; the trace's score uses :meth:`log_prob`."""
+        return self.log_prob(value)
+
     @property
     def has_rsample(self) -> bool:
         raise NotImplementedError
@@ -278,6 +285,28 @@ def _corrected(d):
     return out
 
 
+def _unmasked(d):
+    """``d`` without its ``MaskedDistribution`` wrappers, wherever they sit (rewrapping shallow
+    copies of the wrappers around them, as :func:`_corrected` does); ``d`` when it has none."""
+    if isinstance(d, nd.MaskedDistribution):
+        base = _unmasked(d.base_dist)
+        return base if tuple(base.batch_shape) == tuple(d.batch_shape) else base.expand(d.batch_shape)
+
+    def fix(obj):
+        if isinstance(obj, nd.Distribution):
+            return _unmasked(obj)
+        if isinstance(obj, (list, tuple)) and any(isinstance(o, nd.Distribution) for o in obj):
+            return type(obj)(fix(o) for o in obj)
+        return obj
+
+    changed = {name: new for name, v in vars(d).items() if (new := fix(v)) is not v}
+    if not changed:
+        return d
+    out = copy.copy(d)
+    vars(out).update(changed)
+    return out
+
+
 class NumPyroDist(Dist):
     def __init__(self, d):
         from numpyro.distributions import distribution as _npd
@@ -286,6 +315,7 @@ class NumPyroDist(Dist):
         self.base = d
         # densities come from a copy with NumPyro's wrong-derivative classes corrected
         self._density = _corrected(d)
+        self._sampling = _unmasked(self._density)
 
     def _draw(self, key):
         return self.base.sample(key)
@@ -301,6 +331,9 @@ class NumPyroDist(Dist):
 
     def log_prob(self, value):
         return self._density.log_prob(value)
+
+    def sampling_log_prob(self, value):
+        return self._sampling.log_prob(value)
 
     def support_values(self):
         vals, _ = _numpyro_support(self.base)
@@ -472,6 +505,9 @@ class BatchedDist(Dist):
 
     def log_prob(self, value):
         return self._vmapped(lambda leaves, v: self._build(leaves).log_prob(v), 1)(self._leaves, value)
+
+    def sampling_log_prob(self, value):
+        return self._vmapped(lambda leaves, v: self._build(leaves).sampling_log_prob(v), 1)(self._leaves, value)
 
     def support_values(self):
         vals = self.inner.support_values()

@@ -167,7 +167,7 @@ class ScoreFunction(Estimator):
         k1, k2 = site.split_key(key)
         d = site.dist()
         x = d.sample(k1)
-        _, dlp = site.jvp(lambda dd: jnp.sum(dd.log_prob(x)))
+        _, dlp = site.jvp(lambda dd: jnp.sum(dd.sampling_log_prob(x)))
         out, dout = kont(k2, x, None)
         if dlp is None:
             return out, dout
