@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from . import _checks
@@ -50,11 +51,37 @@ def _batch_size(updates, fn):
     return sizes.pop()
 
 
-def _percentile_nearest(x, q):
-    """Nearest-rank percentile along axis 0 (numpy's ``method='nearest'``: round half to even)."""
-    n = x.shape[0]
-    k = int(round(q / 100.0 * (n - 1)))  # Python's round is half-to-even, like numpy's
-    return jnp.sort(x, axis=0)[k]
+def _sort_batch(x):
+    """``jnp.sort(x, axis=0)``, by a bitonic sorting network for batches up to 1024.
+
+    The network is elementwise min / max over whole rows (``(log2 n)^2 / 2`` stages), which
+    XLA:CPU runs about 8x faster than its own sort of many short columns (measured at
+    B = 100, 13k columns). The values are the same; only NaNs differ (they spread instead of
+    going last), and a NaN gradient makes the aggregate NaN either way.
+    """
+    b = x.shape[0]
+    if b > 1024:
+        return jnp.sort(x, axis=0)
+    flat = x.reshape(b, -1)
+    n = 1 << max(b - 1, 0).bit_length()
+    y = jnp.concatenate([flat, jnp.full((n - b, flat.shape[1]), jnp.inf, x.dtype)]) if n > b else flat
+    idx = np.arange(n)
+    k = 2
+    while k <= n:
+        j = k // 2
+        while j > 0:
+            # the partner of row i is row i ^ j: swap the two halves of every block of 2j rows
+            other = y.reshape(n // (2 * j), 2, j, -1)[:, ::-1].reshape(n, -1)
+            keep_low = ((idx & j) == 0) == ((idx & k) == 0)
+            y = jnp.where(keep_low[:, None], jnp.minimum(y, other), jnp.maximum(y, other))
+            j //= 2
+        k *= 2
+    return y[:b].reshape(x.shape)
+
+
+def _nearest_rank(n, q):
+    """Index of numpy's ``method='nearest'`` percentile q of n sorted values (round half to even)."""
+    return int(round(q / 100.0 * (n - 1)))  # Python's round is half-to-even, like numpy's
 
 
 def winsorize(percentile: float = 10.0) -> optax.GradientTransformationExtraArgs:
@@ -62,8 +89,8 @@ def winsorize(percentile: float = 10.0) -> optax.GradientTransformationExtraArgs
 
     ``percentile`` c in [0, 50]: each coordinate is clipped to its c-th and (100 - c)-th
     percentile over the batch (nearest rank), then averaged. c = 0 is the plain mean.
-    Stateless. Costs a sort of the batch per coordinate (XLA:CPU's sort is slow: on a
-    40k-parameter MLP with B = 100 it dominates the step).
+    Stateless. Costs a sort of the batch per coordinate (a sorting network up to B = 1024,
+    which dominates the step of a small MLP).
     """
     _checks.in_range("winsorize", "percentile", percentile, 0.0, 50.0, hi_open=False)
 
@@ -78,8 +105,9 @@ def winsorize(percentile: float = 10.0) -> optax.GradientTransformationExtraArgs
         def agg(x):
             if isinstance(percentile, (int, float)) and percentile == 0:
                 return jnp.mean(x, axis=0).astype(x.dtype)  # nothing clipped: skip the sort
-            lo = _percentile_nearest(x, percentile)
-            hi = _percentile_nearest(x, 100.0 - percentile)
+            ordered = _sort_batch(x)
+            lo = ordered[_nearest_rank(x.shape[0], percentile)]
+            hi = ordered[_nearest_rank(x.shape[0], 100.0 - percentile)]
             return jnp.mean(jnp.clip(x, lo, hi), axis=0).astype(x.dtype)
 
         return jax.tree_util.tree_map(agg, updates), state

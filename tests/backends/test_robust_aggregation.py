@@ -84,3 +84,15 @@ def test_aggregated_loss_gives_the_aggregate_as_gradient():
             np.testing.assert_allclose(np.asarray(grad[k]), np.asarray(expected[k]), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="keeps state"):
         optim.aggregated_loss(example_loss, optim.rm3())
+
+
+@pytest.mark.parametrize("b", [1, 2, 5, 8, 33])
+def test_sorting_network_sorts(b):
+    """winsorize's sorting network against np.sort, with ties, infinities and odd sizes."""
+    from ppl.backends._robust import _sort_batch
+
+    rng = np.random.default_rng(b)
+    x = rng.integers(-3, 4, size=(b, 7)).astype(np.float32)
+    x[0, 0] = np.inf
+    x[-1, 1] = -np.inf
+    np.testing.assert_array_equal(np.asarray(_sort_batch(jnp.asarray(x))), np.sort(x, axis=0))
