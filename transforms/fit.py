@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _checkpoint
+from . import _checkpoint, _sharding
 from ._checkpoint import CheckpointError
 
 __all__ = ["FitState", "Kernel", "kernel", "fit", "FitResult", "NonFiniteError", "CheckpointError",
@@ -158,7 +158,7 @@ def _check_data(data, batch_size):
 
 def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, chunk=100,
         checkpoint=None, resume=False, callbacks=(), progress=None, debug=False,
-        compiler_options=None, checkpoint_info=None) -> FitResult:
+        compiler_options=None, checkpoint_info=None, mesh=None, data_axis=None) -> FitResult:
     """Minimize ``loss`` for ``num_steps`` steps from ``params`` (see the module docstring).
 
     ``checkpoint``: a file path (``.npz``); written atomically after every chunk.
@@ -178,10 +178,24 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
     argument, minibatches are consecutive slices of a stream of epoch permutations (no example
     dropped at epoch ends), and ``FitResult.batch_sizes`` holds the batch size of every step
     (checkpointed; resumed exactly). ``debug`` is not supported in this mode.
+
+    ``mesh``: a :class:`jax.sharding.Mesh` for data-parallel training (``data_axis``: the mesh
+    axis that splits the examples; optional when the mesh has one axis). The data is placed
+    with its leading axis split along that axis, each step's minibatch is split the same way,
+    and the parameters, optimizer state and losses are replicated; the chunk is compiled once
+    with these shardings. The number of examples and ``batch_size`` must be divisible by the
+    axis size. Results equal the one-device run up to the order of float additions;
+    checkpoints hold plain arrays (written by process 0 only), so a run checkpointed on one
+    device count resumes on another. Not supported with an adaptive batch size.
     """
     if num_steps < 0 or chunk < 1:
         raise ValueError(f"fit: num_steps must be >= 0 and chunk >= 1 (got {num_steps}, {chunk})")
+    if data_axis is not None and mesh is None:
+        raise ValueError(f"fit(data_axis={data_axis!r}) names an axis of mesh=, which is missing")
     if batch_size is not None and not isinstance(batch_size, (int, np.integer)):
+        if mesh is not None:
+            raise ValueError("fit(mesh=...) is not supported with an adaptive batch size (its buckets would "
+                             "each need a batch size divisible by the mesh axis); use a fixed batch_size")
         from ._adaptive_fit import fit_adaptive  # an adaptive-batch controller (duck-typed)
 
         if debug:
@@ -193,15 +207,24 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
                             callbacks=callbacks, progress=progress, compiler_options=compiler_options,
                             checkpoint_info=checkpoint_info)
     _check_data(data, batch_size)
+    where = None if mesh is None else _sharding.placement(mesh, data_axis, data, batch_size)
     _check_compiler_options(compiler_options)
     kern = kernel(loss, optimizer)
-    state = kern.init(params)
+    # weak types (params such as jnp.full(n, 1.0)) would not survive the first chunk and make
+    # the second compile again
+    state = jax.tree_util.tree_map(_strong, kern.init(params))
     history = np.zeros((0,), np.float32)
     if resume and checkpoint is not None and os.path.exists(checkpoint):
         state, history = _checkpoint.load(checkpoint, state)
     step_key, data_key = jax.random.split(key)
+    shardings = {}
+    if where is not None:
+        state = jax.device_put(state, where.replicated)
+        data = _sharding.place_data(data, where)
+        shardings = dict(in_shardings=(where.replicated, where.examples, where.replicated, where.replicated),
+                         out_shardings=where.replicated)
 
-    @functools.partial(jax.jit, compiler_options=compiler_options)
+    @functools.partial(jax.jit, compiler_options=compiler_options, **shardings)
     def run_chunk(state, data, t0, n):
         perms, first_epoch = _chunk_permutations(data, batch_size, data_key, t0, chunk)
 
@@ -209,6 +232,8 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
             state, bad = carry
             t = t0 + i
             batch = _minibatch(data, batch_size, data_key, t, perms, first_epoch)
+            if where is not None:
+                batch = _sharding.constrain_batch(batch, where)
             new, info = kern.step(jax.random.fold_in(step_key, t), state, batch)
             ok = info["finite"] & ~bad & (i < n)
             state = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state)
@@ -229,7 +254,7 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
                 state = new_state  # updates stopped at the first bad step: the last good state
                 history = np.concatenate([history, losses[:bad]])
                 if checkpoint is not None:
-                    _checkpoint.save(checkpoint, state, history, info=checkpoint_info)
+                    _save_once(checkpoint, state, history, checkpoint_info)
                 names = _nonfinite_params(loss, step_key, data_key, state, data, batch_size, done + bad)
                 where = _nonfinite_site(loss, step_key, data_key, state, data, batch_size, done + bad) \
                     if debug else "run with fit(..., debug=True) to name the random choice"
@@ -245,7 +270,7 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
             history = np.concatenate([history, losses])
             done += n
             if checkpoint is not None:
-                _checkpoint.save(checkpoint, state, history, info=checkpoint_info)
+                _save_once(checkpoint, state, history, checkpoint_info)
             for cb in callbacks:
                 cb(done, state, losses)
             if bar is not None:
@@ -255,6 +280,16 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
         if bar is not None:
             bar.close()
     return FitResult(state.params, state, history)
+
+
+def _strong(a):
+    return jnp.asarray(a, a.dtype) if getattr(a, "weak_type", False) else a
+
+
+def _save_once(path, state, history, info):
+    """Write the checkpoint from process 0 only (every process holds the same replicated state)."""
+    if jax.process_index() == 0:
+        _checkpoint.save(path, state, history, info=info)
 
 
 def _check_compiler_options(options):

@@ -1,0 +1,63 @@
+"""``fit(..., mesh=...)``: data-parallel training on 8 simulated CPU devices.
+
+One worker process (``_sharded_fit_worker.py``, started with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8``) runs every fit and prints JSON; the
+tests below check it. The tolerance for "same as one device up to float reduction order" is
+derived in the worker's docstring from float32's epsilon, the number of summands per
+minibatch gradient (16), the learning rate, the number of steps and the measured gradient
+sums and curvature; a negative control (one device's share of each minibatch dropped) must
+exceed it.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sharded_fit_worker.py")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sharded_fit")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    res = subprocess.run([sys.executable, WORKER, str(tmp)], env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_fit_matches_one_device_up_to_reduction_order(report):
+    assert report["devices"] == 8
+    assert report["lr_times_max_curvature"] <= 2  # the tolerance's derivation assumes it
+    tol = report["tol"]
+    assert tol < 0.1 * report["negative_control"]  # the tolerance can tell a lost shard apart
+    for mesh, diff in report["diff"].items():  # 8 devices, 2 devices, 4x2 with data_axis="data"
+        assert diff <= tol, (mesh, diff, tol)
+
+
+def test_minibatch_split_parameters_replicated_compiled_once(report):
+    assert report["batch_specs_mesh8"] == ["P('data',)"]  # what the partitioner gave the loss's batch
+    assert report["param_sharding_mesh8"] == "P()" and report["param_devices_mesh8"] == 8
+    # one trace of the loss for one chunk and for three: the later chunks reuse the compile
+    assert report["traces_mesh8_one_chunk"] == report["traces_mesh8_three_chunks"] == 1
+
+
+def test_checkpoint_resumes_across_device_counts(report):
+    assert report["restored_exact"] == {"8to1": True, "1to8": True}  # the state read equals the state written
+    assert report["resumed_steps"] == [30, 30, 30, 30]
+    for way, diff in report["resumed_diff"].items():
+        assert diff <= report["tol"], (way, diff)
+    assert report["process1_wrote"] is False  # only process 0 writes
+
+
+def test_bad_mesh_input_is_named(report):
+    e = report["errors"]
+    assert "'batch'" in e["axis"] and "('data',)" in e["axis"]
+    assert "(60)" in e["examples"] and "(8)" in e["examples"]
+    assert "batch_size=12" in e["batch"] and "(8)" in e["batch"]
+    assert "data_axis=" in e["two_axes"] and "'model'" in e["two_axes"]
+    assert "mesh=" in e["axis_without_mesh"]
+    assert "data=" in e["no_data"]
+    assert e["not_a_mesh"].startswith("TypeError") and "Mesh" in e["not_a_mesh"]
+    assert "adaptive" in e["adaptive"]
