@@ -8,6 +8,7 @@ estimator of each random choice chosen from :mod:`ppl.estimators`.
 """
 from ._effects import NumPyroEffectError
 from ._interp import UnsupportedControlFlow
+from ._plate import PlateError, plate
 from ._site import deterministic, sample, set_validation
 from .choicemap import ChoiceMap
 from .distributions import Dist, EnumerationError, as_dist
@@ -16,8 +17,8 @@ from .interpreters import Trace, assess, call, condition, generate, harvest, imp
 __version__ = "0.1.0"
 
 __all__ = [
-    "sample", "deterministic", "call", "set_validation",
+    "sample", "deterministic", "call", "plate", "set_validation",
     "simulate", "assess", "generate", "importance", "replay", "condition", "harvest",
     "Trace", "ChoiceMap", "Dist", "as_dist", "EnumerationError", "UnsupportedControlFlow",
-    "NumPyroEffectError",
+    "NumPyroEffectError", "PlateError",
 ]

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _compat
 from ._effects import check_no_handler
+from ._plate import check_site, current_plates
 from .distributions import BatchedDist, as_dist, is_distribution
 
 __all__ = ["sample", "deterministic", "sample_p", "det_p", "Site", "normalize_address", "bind_site"]
@@ -85,7 +86,7 @@ def sample(address, distribution, *, obs=None, estimator=None):
     d = as_dist(distribution)
     out = jax.eval_shape(lambda: d.sample(jax.random.key(0)))
     params = dict(addr=addr, treedef=treedef, shape=tuple(out.shape), dtype=np.dtype(out.dtype),
-                  observed=obs is not None, batch=(), estimator=estimator)
+                  observed=obs is not None, batch=(), estimator=estimator, plates=current_plates())
     if obs is not None:
         obs = _check_value(addr, obs, out.shape, out.dtype, "observed value")
     return bind_site(leaves, obs, params)
@@ -163,7 +164,7 @@ def _check_value(addr, value, shape, dtype, what="value"):
 # rules
 
 
-def _sample_abstract(*args, addr, treedef, shape, dtype, observed, batch, estimator):
+def _sample_abstract(*args, addr, treedef, shape, dtype, observed, batch, estimator, plates):
     sizes = tuple(size for _, size in reversed(batch))
     return jax.core.ShapedArray(sizes + tuple(shape), dtype)
 
@@ -241,6 +242,7 @@ class Site:
     batch: tuple = ()
     obs: Any = None
     estimator: Any = None
+    plates: tuple = ()  # the ppl.plate contexts open at the site (outermost first)
 
     @classmethod
     def from_eqn_values(cls, params, invals):
@@ -248,7 +250,8 @@ class Site:
         n_leaves = len(invals) - observed
         return cls(addr=params["addr"], treedef=params["treedef"], leaves=tuple(invals[:n_leaves]),
                    shape=params["shape"], dtype=params["dtype"], batch=params["batch"],
-                   obs=invals[n_leaves] if observed else None, estimator=params["estimator"])
+                   obs=invals[n_leaves] if observed else None, estimator=params["estimator"],
+                   plates=params["plates"])
 
     @property
     def value_shape(self):
@@ -269,6 +272,13 @@ class Site:
 
     def dist(self):
         return self.build(self.leaves)
+
+    @property
+    def scale(self) -> float:
+        """The factor on this site's log density in scores and weights: the product of
+        ``size / subsample_size`` over its plates (1.0 outside subsampling plates). Checks
+        that the value fits each plate's dimension (``ppl.PlateError`` otherwise)."""
+        return check_site(self)
 
     def check_value(self, value, what="value"):
         return _check_value(self.addr, value, self.value_shape, self.dtype, what)

@@ -79,15 +79,21 @@ class _TraceHandler(Handler):
         addr = site.addr
         self._claim(addr)
         d = site.dist()
+        scale = site.scale  # ppl.plate's size / subsample_size (1.0 outside subsampling plates)
+
+        def log_density(value):
+            lp = jnp.sum(d.log_prob(value))
+            return lp if scale == 1.0 else scale * lp
+
         if site.obs is not None:
-            lp = jnp.sum(d.log_prob(site.obs))
+            lp = log_density(site.obs)
             self.score = self.score + lp
             self.weight = self.weight + lp
             return site.obs
         if addr in self.constraints:
             value = site.check_value(self.constraints[addr], "constraint")
             self.visited.add(addr)
-            lp = jnp.sum(d.log_prob(value))
+            lp = log_density(value)
             self.weight = self.weight + lp
         else:
             if self.key is None:
@@ -96,7 +102,7 @@ class _TraceHandler(Handler):
                     "samples. Supply every sampled address in the choice map, or use "
                     "ppl.generate(program)(key, constraints, *args) to sample the missing ones.")
             value = self._draw(site, d)
-            lp = jnp.sum(d.log_prob(value))
+            lp = log_density(value)
         self.score = self.score + lp
         self.choices[addr] = value
         return value
@@ -353,7 +359,8 @@ def rebind_site(site: Site, addr=None, obs=None):
     """Bind ``sample_p`` again for ``site`` in the current trace (optionally rewritten)."""
     observed = obs is not None or site.obs is not None
     params = dict(addr=site.addr if addr is None else addr, treedef=site.treedef, shape=site.shape,
-                  dtype=site.dtype, observed=observed, batch=site.batch, estimator=site.estimator)
+                  dtype=site.dtype, observed=observed, batch=site.batch, estimator=site.estimator,
+                  plates=site.plates)
     return bind_site(site.leaves, (site.obs if obs is None else obs) if observed else None, params)
 
 

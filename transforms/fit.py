@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import os
 import sys
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -30,11 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ppl._plate import record_sites
+
 from . import _checkpoint, _sharding
 from ._checkpoint import CheckpointError
 
 __all__ = ["FitState", "Kernel", "kernel", "fit", "FitResult", "NonFiniteError", "CheckpointError",
-           "save_checkpoint", "load_checkpoint", "peek_checkpoint", "CPU_FUSED_DOTS"]
+           "save_checkpoint", "load_checkpoint", "peek_checkpoint", "CPU_FUSED_DOTS",
+           "UnscaledMinibatchWarning"]
 
 #: XLA:CPU option (``fit(..., compiler_options=CPU_FUSED_DOTS)``, or ``jax.jit``'s own
 #: ``compiler_options``): YNNPACK takes each matrix product together with the elementwise
@@ -244,10 +248,17 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
 
     bar = _progress(progress, num_steps, int(state.step))
     done = int(state.step)
+    first_call = True
     try:
         while done < num_steps:
             n = min(chunk, num_steps - done)
-            new_state, losses, finite = run_chunk(state, data, jnp.int32(done), jnp.int32(n))
+            if first_call:  # the first call stages the loss: see which sites a plate scales
+                with record_sites() as seen:
+                    new_state, losses, finite = run_chunk(state, data, jnp.int32(done), jnp.int32(n))
+                _warn_unscaled_minibatch(seen, data, batch_size)
+                first_call = False
+            else:
+                new_state, losses, finite = run_chunk(state, data, jnp.int32(done), jnp.int32(n))
             losses, finite = np.asarray(losses[:n]), np.asarray(finite[:n])
             if not finite.all():
                 bad = int(np.argmin(finite))
@@ -290,6 +301,37 @@ def _save_once(path, state, history, info):
     """Write the checkpoint from process 0 only (every process holds the same replicated state)."""
     if jax.process_index() == 0:
         _checkpoint.save(path, state, history, info=info)
+
+
+class UnscaledMinibatchWarning(UserWarning):
+    """``fit`` minibatches a likelihood that no subsampling ``ppl.plate`` scales."""
+
+
+def _warn_unscaled_minibatch(seen, data, batch_size):
+    """Warn when the loss observes the minibatch outside a subsampling plate and has a
+    latent choice without the minibatch axis (a global one, whose posterior would be too wide).
+
+    ``seen``: ``(address, observed, value_shape, scale)`` of each site the interpreters scored
+    while the loss was staged (``ppl._plate.record_sites``).
+    """
+    if data is None or batch_size is None:
+        return
+    n = jax.tree_util.tree_leaves(data)[0].shape[0]
+    if batch_size >= n:
+        return
+    unscaled_obs = sorted({"/".join(map(str, a)) for a, observed, shape, scale in seen
+                           if observed and scale == 1.0 and batch_size in shape})
+    global_latents = sorted({"/".join(map(str, a)) for a, observed, shape, scale in seen
+                             if not observed and scale == 1.0 and batch_size not in shape})
+    if unscaled_obs and global_latents:
+        warnings.warn(
+            f"fit(batch_size={batch_size}) with {n} examples: the observed site(s) "
+            f"{', '.join(map(repr, unscaled_obs))} hold the minibatch but are not inside a "
+            f"subsampling ppl.plate, so their log density counts {batch_size} of {n} examples "
+            f"against the full weight of the latent(s) {', '.join(map(repr, global_latents))}: the "
+            f"fitted posterior is too wide. Wrap the likelihood in the model: "
+            f"`with ppl.plate('data', {n}, subsample_size={batch_size}): ...` (N = the full data "
+            "size), which scales it by N / batch size.", UnscaledMinibatchWarning, stacklevel=3)
 
 
 def _check_compiler_options(options):
