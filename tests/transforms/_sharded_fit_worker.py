@@ -138,7 +138,8 @@ def main():
     mesh42 = jax.make_mesh((4, 2), ("data", "model"))
     out = {"devices": len(devs)}
 
-    ref, _ = run()
+    ref, r = run()
+    out["ref_params"], out["ref_history"] = flat(ref).tolist(), np.asarray(r.history).tolist()
     out.update(tolerance([PARAMS, ref]))
     TRACES["n"] = 0
     SHARDINGS.clear()

@@ -10,6 +10,7 @@ exceed it.
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -61,3 +62,41 @@ def test_bad_mesh_input_is_named(report):
     assert "data=" in e["no_data"]
     assert e["not_a_mesh"].startswith("TypeError") and "Mesh" in e["not_a_mesh"]
     assert "adaptive" in e["adaptive"]
+
+
+TWO_PROCESS_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_two_process_fit_worker.py")
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_on_localhost_match_one_process(report, tmp_path):
+    """Slow (two more JAX processes, about 15 s on 2 cores, and a network port): ``jax.distributed``
+    with the gloo CPU collectives, 2 processes x 4 simulated devices on 127.0.0.1, one mesh of 8;
+    the same fit as the one-process worker, compared with its one-device result."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=os.path.dirname(TWO_PROCESS_WORKER))
+    port, out, ckpt = _free_port(), tmp_path / "out.json", tmp_path / "ck.npz"
+    procs = [subprocess.Popen([sys.executable, TWO_PROCESS_WORKER, str(port), str(i), str(out), str(ckpt)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], [e[-3000:] for e in errs]
+    runs = [json.loads((tmp_path / f"out.json.{i}").read_text()) for i in range(2)]
+    for i, r in enumerate(runs):
+        assert (r["process"], r["processes"], r["devices"], r["local_devices"]) == (i, 2, 8, 4)
+        diff = max(abs(a - b) for a, b in zip(r["params"], report["ref_params"]))
+        assert diff <= report["tol"], (i, diff, report["tol"])
+        assert len(r["history"]) == len(report["ref_history"]) == 30
+    assert runs[0]["params"] == runs[1]["params"]  # replicated: both processes hold the same values
+    assert ckpt.exists()  # written by process 0
