@@ -131,3 +131,15 @@ def custom_primal_jaxpr(eqn):
     if isinstance(inner, ClosedJaxpr):
         return inner
     return ClosedJaxpr(inner, ())
+
+
+def jit_keyed_state(name: str, default, help: str):
+    """A thread-local trace-time value that is part of ``jax.jit``'s cache key.
+
+    ``state.value`` reads it; ``with state(new):`` sets it for a block. A jitted function
+    traced under one value is retraced under another (not served from the cache), so a
+    static setting such as the open ``ppl.plate`` contexts reaches the sites inside it.
+    """
+    from jax._src import config as _config
+
+    return _config.State(name, default, help, include_in_jit_key=True, include_in_trace_context=True)

@@ -15,8 +15,10 @@ generate, replay, harvest, and hence ``sim`` / ``density`` inside ADEV objective
 estimators' own uses of a site's log density (score-function terms, enumeration weights)
 are the sampling law's and stay unscaled, which is what keeps them unbiased.
 
-The open plates are a trace-time stack of static Python values (names and sizes, never
-arrays), entered and left by the ``with`` statement, so nothing leaks across ``jit``.
+The open plates are a trace-time, thread-local tuple of static Python values (names and
+sizes, never arrays), set and restored by the ``with`` statement. It is part of ``jax.jit``'s
+cache key (a JAX config state), so a jitted function holding sites that is traced inside a
+plate is traced again outside it, never served with the other's scale.
 """
 from __future__ import annotations
 
@@ -24,7 +26,11 @@ import contextlib
 import dataclasses
 import functools
 
+from . import _compat
+
 __all__ = ["plate", "Plate", "PlateError", "current_plates", "check_site", "record_sites"]
+
+_RECORDERS: list = []  # see record_sites
 
 
 class PlateError(ValueError):
@@ -49,11 +55,13 @@ class Plate:
         return self.subsample_size != self.size
 
 
-_STACK: list = []
+# The open plates (outermost first), thread-local and part of jax.jit's cache key: a jitted
+# function holding sites, traced inside a plate, is retraced outside it (not reused).
+_OPEN = _compat.jit_keyed_state("ppl_open_plates", (), "ppl.plate contexts open at trace time")
 
 
 def current_plates() -> tuple:
-    return tuple(_STACK)
+    return _OPEN.value
 
 
 def _as_int(value, what, name):
@@ -110,26 +118,30 @@ class plate:
         self._entered = None
 
     def __enter__(self):
-        for p in _STACK:
+        if self._entered is not None:
+            raise PlateError(f"plate {self.name!r} is already open: nested plates need distinct names")
+        stack = _OPEN.value
+        for p in stack:
             if p.name == self.name:
                 raise PlateError(f"plate {self.name!r} is already open: nested plates need distinct names")
-        taken = {p.dim for p in _STACK}
+        taken = {p.dim for p in stack}
         dim = self.dim
         if dim is None:
             dim = -1
             while dim in taken:
                 dim -= 1
         elif dim in taken:
-            other = next(p.name for p in _STACK if p.dim == dim)
+            other = next(p.name for p in stack if p.dim == dim)
             raise PlateError(f"plate({self.name!r}, ..., dim={dim}): dim {dim} is taken by the enclosing "
                              f"plate {other!r}; nested plates need distinct dims")
         self._entered = Plate(self.name, self.size, self.subsample_size, dim)
-        _STACK.append(self._entered)
+        self._cm = _OPEN(stack + (self._entered,))
+        self._cm.__enter__()
         return self
 
     def __exit__(self, *exc):
-        _STACK.remove(self._entered)
-        self._entered = None
+        cm, self._cm, self._entered = self._cm, None, None
+        cm.__exit__(*exc)
         return False
 
     def __call__(self, fn):
@@ -175,8 +187,6 @@ def check_site(site) -> float:
 
 # ---------------------------------------------------------------------------------------
 # recording which sites were scaled (used by fit to warn about unscaled minibatches)
-
-_RECORDERS: list = []
 
 
 @contextlib.contextmanager

@@ -143,3 +143,23 @@ def test_nested_plates_need_distinct_names_and_dims():
             with ppl.plate("b", 3, dim=-1):
                 pass
     assert ppl._plate.current_plates() == ()  # left clean after errors
+
+
+def test_a_jitted_function_traced_inside_a_plate_is_retraced_outside():
+    """The open plates are part of jax.jit's cache key: no scale is served from another trace."""
+    @jax.jit
+    def lik(y):
+        return ppl.sample("y", nd.Normal(0.0, 1.0).expand((4,)), obs=y)
+
+    def inside(y):
+        with ppl.plate("d", 8, subsample_size=4):
+            lik(y)
+
+    def outside(y):
+        lik(y)
+
+    y = jnp.linspace(0.1, 0.4, 4)
+    plain = nd.Normal(0.0, 1.0).log_prob(y).sum()
+    np.testing.assert_allclose(ppl.assess(inside)({}, y)[0], 2 * plain, rtol=1e-6)
+    np.testing.assert_allclose(ppl.assess(outside)({}, y)[0], plain, rtol=1e-6)
+    np.testing.assert_allclose(ppl.assess(inside)({}, y)[0], 2 * plain, rtol=1e-6)
