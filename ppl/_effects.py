@@ -34,10 +34,10 @@ class NumPyroEffectError(TypeError):
 
 
 _PLATE_FIX = (
-    "For independent copies use jax.vmap over the ppl.sample call (one address, an array of "
-    "independent choices) or a batched distribution (.expand(shape) / .to_event(n)); to scale "
-    "a minibatch's log density to the full data, multiply the objective's likelihood term by "
-    "N / batch size yourself")
+    "Use ppl.plate(name, size, subsample_size=None) instead: `with ppl.plate('data', N, "
+    "subsample_size=B):` around the ppl.sample calls, with the plate's dimension given by "
+    "jax.vmap over the ppl.sample call or a batched distribution (.expand(shape)); with "
+    "subsample_size the enclosed log densities are scaled by N / batch size")
 
 _FACTOR_FIX = (
     "ppl has no factor statement: in an objective add the term to the returned value; in a "
@@ -67,8 +67,9 @@ _HANDLER_FIX = {
     "substitute": "use the constraints of ppl.generate(program)(key, constraints, *args) or "
                   "ppl.assess(program)(choices, *args)",
     "replay": "use ppl.replay(program, trace)",
-    "scale": "ppl has no scale handler: multiply the log density term in the objective yourself "
-             "(e.g. N / batch size for a minibatch)",
+    "scale": "ppl has no scale handler: for a minibatch use ppl.plate(name, N, subsample_size=B), "
+             "which scales the enclosed log densities by N / batch size; otherwise multiply the "
+             "log density term in the objective yourself",
     "mask": "ppl has no mask handler: mask the log density term in the objective, or use a "
             "masked distribution (distribution.mask(m)) at the site",
     "plate": _PLATE_FIX,
