@@ -100,19 +100,21 @@ def tolerance(params_path, steps=(0, 9, 19, 29)):
     eps = float(np.finfo(np.float32).eps)
     d = data()
     step_key, data_key = jax.random.split(KEY)
+    _, unflat = jax.flatten_util.ravel_pytree(PARAMS)
+
+    @jax.jit
+    def measure(k, v, batch):  # per-example gradients' absolute sum; the loss's Hessian
+        one = lambda ex: jax.grad(lambda u: loss(k, unflat(u), jax.tree.map(lambda a: a[None], ex)))(v)
+        return jnp.max(jnp.sum(jnp.abs(jax.vmap(one)(batch)), axis=0)), jax.hessian(
+            lambda u: loss(k, unflat(u), batch))(v)
+
     sums, lo, hi = [], [], []
     for p in params_path:
         for t in steps:
-            k = jax.random.fold_in(step_key, t)
-            batch = fit_module._minibatch(d, B, data_key, t)
-            one = lambda ex: jnp.concatenate(jax.tree.leaves(jax.grad(loss, argnums=1)(
-                k, p, jax.tree.map(lambda a: a[None], ex))))
-            g = jax.vmap(one)(batch)
-            sums.append(float(jnp.max(jnp.sum(jnp.abs(g), axis=0))))
-            v, unflat = jax.flatten_util.ravel_pytree(p)
-            h = jax.hessian(lambda u: loss(k, unflat(u), batch))(v)
+            s, h = measure(jax.random.fold_in(step_key, t), jax.flatten_util.ravel_pytree(p)[0],
+                           fit_module._minibatch(d, B, data_key, t))
             ev = np.linalg.eigvalsh(np.asarray(h, np.float64))
-            lo.append(ev[0]), hi.append(ev[-1])
+            sums.append(float(s)), lo.append(ev[0]), hi.append(ev[-1])
     S = 2 * max(sums)
     G = (1 + LR * max(0.0, -2 * min(lo))) ** T
     return {"tol": T * LR * (B - 1) * eps * S * G, "S": S, "growth": G, "lr_times_max_curvature": LR * max(hi)}
@@ -120,6 +122,10 @@ def tolerance(params_path, steps=(0, 9, 19, 29)):
 
 def maxdiff(a, b):
     return float(np.max(np.abs(flat(a) - flat(b))))
+
+
+def maxdiff_flat(a, b):
+    return float(np.max(np.abs(a - b)))
 
 
 def error(**kw):
@@ -177,6 +183,21 @@ def main():
     finally:
         jax.process_index = real
     out["process1_wrote"] = os.path.exists(other)
+
+    # a NaN example: the same step fails with and without the mesh, the last good state is kept
+    bad = data()
+    bad["y"] = bad["y"].at[37].set(jnp.nan)
+    stops = []
+    for mesh in (None, mesh8):
+        try:
+            fit(loss, optax.sgd(LR), PARAMS, key=KEY, num_steps=T, data=bad, batch_size=B, chunk=CHUNK,
+                progress=False, mesh=mesh)
+            stops.append(None)
+        except fit_module.NonFiniteError as e:
+            stops.append((str(e).split(" (loss")[0], flat(jax.tree.map(np.asarray, e.state.params)),
+                          int(e.state.step)))
+    out["nonfinite"] = {"messages": [s_[0] for s_ in stops if s_], "steps": [s_[2] for s_ in stops if s_],
+                        "state_diff": maxdiff_flat(stops[0][1], stops[1][1]) if None not in stops else None}
 
     d = data()
     out["errors"] = {

@@ -52,6 +52,13 @@ def test_checkpoint_resumes_across_device_counts(report):
     assert report["process1_wrote"] is False  # only process 0 writes
 
 
+def test_nonfinite_step_is_the_same_with_the_mesh(report):
+    nf = report["nonfinite"]
+    assert len(nf["messages"]) == 2 and nf["messages"][0] == nf["messages"][1], nf  # same step named
+    assert nf["steps"][0] == nf["steps"][1] < 30
+    assert nf["state_diff"] <= report["tol"]
+
+
 def test_bad_mesh_input_is_named(report):
     e = report["errors"]
     assert "'batch'" in e["axis"] and "('data',)" in e["axis"]
