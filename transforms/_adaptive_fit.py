@@ -22,9 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppl._plate import record_sites
+
 from . import _checkpoint
 from .fit import (FitResult, NonFiniteError, _check_compiler_options, _epoch_permutation, _progress,
-                  kernel)
+                  _warn_unscaled_minibatch, kernel)
 
 
 @jax.tree_util.register_dataclass
@@ -116,11 +118,16 @@ def fit_adaptive(loss, optimizer, params, *, key, num_steps, data, controller, c
 
     bar = _progress(progress, num_steps, int(state.step))
     done = int(state.step)
+    checked = False
     try:
         while done < num_steps:
             n = min(chunk, num_steps - done)
             b = int(ad.batch_size)
-            new_state, new_ad, count, losses, finite = run_chunk(state, ad, data, jnp.int32(done), jnp.int32(n), b)
+            with record_sites() as seen:  # staged once per bucket: check the first one
+                new_state, new_ad, count, losses, finite = run_chunk(state, ad, data, jnp.int32(done), jnp.int32(n), b)
+            if not checked:
+                _warn_unscaled_minibatch(seen, data, b, adaptive=True)
+                checked = True
             count = int(count)
             losses, finite = np.asarray(losses[:count]), np.asarray(finite[:count])
             good = count if finite.all() else int(np.argmin(finite))

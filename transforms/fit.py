@@ -307,7 +307,7 @@ class UnscaledMinibatchWarning(UserWarning):
     """``fit`` minibatches a likelihood that no subsampling ``ppl.plate`` scales."""
 
 
-def _warn_unscaled_minibatch(seen, data, batch_size):
+def _warn_unscaled_minibatch(seen, data, batch_size, adaptive=False):
     """Warn when the loss observes the minibatch outside a subsampling plate and has a
     latent choice without the minibatch axis (a global one, whose posterior would be too wide).
 
@@ -330,8 +330,11 @@ def _warn_unscaled_minibatch(seen, data, batch_size):
             f"subsampling ppl.plate, so their log density counts {batch_size} of {n} examples "
             f"against the full weight of the latent(s) {', '.join(map(repr, global_latents))}: the "
             f"fitted posterior is too wide. Wrap the likelihood in the model: "
-            f"`with ppl.plate('data', {n}, subsample_size={batch_size}): ...` (N = the full data "
-            "size), which scales it by N / batch size.", UnscaledMinibatchWarning, stacklevel=3)
+            f"`with ppl.plate('data', {n}, subsample_size="
+            + ("x.shape[0]" if adaptive else f"{batch_size}")
+            + "): ...` (N = the full data size"
+            + (", and the minibatch's own size, which the adaptive controller changes" if adaptive else "")
+            + "), which scales it by N / batch size.", UnscaledMinibatchWarning, stacklevel=4 if adaptive else 3)
 
 
 def _check_compiler_options(options):

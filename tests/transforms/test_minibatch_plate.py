@@ -196,3 +196,21 @@ def test_score_function_sites_inside_a_plate_enter_the_elbo_scaled():
     assert_unbiased(_local_estimates(True, float(v)) / scale, exact / scale, power_limit(exact / scale),
                     "minibatch ELBO, score function inside the plate")
     assert_biased(_local_estimates(False, float(v)) / scale, exact / scale, "guide outside the plate")
+
+
+@pytest.mark.slow
+def test_adaptive_batch_sizes_warn_too():
+    """Slow: two adaptive-batch fits compile per-example gradients (~17 s on 2 shared cores with
+    a cold compilation cache)."""
+    from ppl.backends.adaptive import AdaptiveBatch
+
+    ctl = AdaptiveBatch(test="norm", eta=0.3, initial=16, maximum=64)
+    phi0 = {"m": jnp.zeros(D), "s": jnp.full(D, -2.0)}
+    for E_, expect in ((E, 0), (E_UNPLATED, 1)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit(lambda k, p, b: -E_.estimate(k, b, (p,)), optax.adam(1e-2), phi0, key=jax.random.key(0),
+                num_steps=3, data=(X, Y), batch_size=ctl, chunk=3)
+        mine = [w for w in caught if issubclass(w.category, UnscaledMinibatchWarning)]
+        assert len(mine) == expect
+    assert "subsample_size=x.shape[0]" in str(mine[0].message)
