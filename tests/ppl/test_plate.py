@@ -163,3 +163,14 @@ def test_a_jitted_function_traced_inside_a_plate_is_retraced_outside():
     np.testing.assert_allclose(ppl.assess(inside)({}, y)[0], 2 * plain, rtol=1e-6)
     np.testing.assert_allclose(ppl.assess(outside)({}, y)[0], plain, rtol=1e-6)
     np.testing.assert_allclose(ppl.assess(inside)({}, y)[0], 2 * plain, rtol=1e-6)
+
+
+def test_a_scan_over_data_points_inside_a_plate_is_refused():
+    """One element per scan step has no plate dimension: refused, not silently scaled."""
+    def m(ys):
+        c = ppl.sample("c", nd.Normal(0.0, 1.0))
+        with ppl.plate("data", 40, subsample_size=4):
+            jax.lax.scan(lambda cc, y: (cc, ppl.sample("y", nd.Normal(cc, 1.0), obs=y)), c, ys)
+
+    with pytest.raises(ppl.PlateError, match=r"'y' inside plate 'data'.*batch shape \(\) has no dim -1"):
+        ppl.assess(m)({"c": 0.1}, jnp.ones(4))
