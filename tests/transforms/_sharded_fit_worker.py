@@ -223,7 +223,5 @@ class _Controller:  # shaped like an adaptive-batch controller; fit must refuse 
         return current
 
 
-assert fit_module  # the module under test, imported for its name in tracebacks
-
 if __name__ == "__main__":
     main()
