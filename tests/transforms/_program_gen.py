@@ -47,15 +47,16 @@ from ppl.transforms import expectation
 
 from ..estimators import _stat
 
-# --- known bugs being fixed elsewhere: the generator keeps away from them while True --------------
+# --- known bugs (fixed elsewhere): the generator kept away from them while they were True -------------
 #: ``lax.cond`` in the continuation of a site whose estimator calls it many times (Enum, MVD,
 #: LeaveOneOut, ARM, DisARM), with random choices in the branches or a pathwise operand: reverse
-#: mode crashes (``Transpose rule for 'stop_gradient'``), issue #22.
-KNOWN_COND_TRANSPOSE_BUG = True
-#: MVD's Normal rule draws an infinite value once in ~8 million (issue #21).
-KNOWN_MVD_NORMAL_INF = True
-#: The plan says "yes" when a pathwise value reaches a comparison (issue #13, verdict).
-KNOWN_PATHWISE_DISCONTINUITY_VERDICT = True
+#: mode crashed (``Transpose rule for 'stop_gradient'``), issue #22; fixed in b0dd0c3.
+KNOWN_COND_TRANSPOSE_BUG = False
+#: MVD's Normal rule drew an infinite value once in ~8 million (issue #21); fixed on main.
+KNOWN_MVD_NORMAL_INF = False
+#: The plan said "yes" when a pathwise value reached a comparison (issue #13; fixed by the
+#: derived verdict, 5aa773b): comparisons of reparameterized values are generated again.
+KNOWN_PATHWISE_DISCONTINUITY_VERDICT = False
 
 # --- the description ------------------------------------------------------------------------------
 

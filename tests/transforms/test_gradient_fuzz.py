@@ -173,12 +173,24 @@ class _ScoreWithoutScore(Estimator):
 
 
 def test_check_catches_a_planted_bias():
-    prog = G.generate(DEFAULT_SEEDS[0])
-    first = next(s for s in G._walk(prog.stmts) if isinstance(s, Sample))
-    planted = dataclasses.replace(prog, stmts=tuple(
-        dataclasses.replace(s, est=_ScoreWithoutScore()) if s is first else s for s in prog.stmts))
-    r = G.check(planted, chunk=4000, max_chunks=1)
-    assert r["verdict"] == "yes" and r["status"] == "fail", (r, G.describe(planted))
+    """The same program passes with the score function and fails with the planted bug."""
+    def prog(est):
+        b = Sample("b", "Bernoulli", (Theta(0),), est)
+        x = Sample("x", "Normal", (Op("add", (Theta(1), Var("b"))), Const(0.0)), G.Reparam())
+        return Program(_TH, (b, x), Op("add", (Op("mul", (Const(2.0), Var("b"))), Op("sin", (_X,)))))
+
+    good, planted = G.check(prog(G.ScoreFunction())), G.check(prog(_ScoreWithoutScore()))
+    assert good["status"] == "pass", good
+    assert planted["verdict"] == "yes" and planted["status"] == "fail", planted
+
+
+def test_a_pathwise_comparison_is_counted_unverified():
+    """A reparameterized value reaching a comparison: the plan says "unverified", so the
+    fuzzer counts the program and asserts nothing about its estimates."""
+    x = Sample("x", "Normal", (Theta(0), Theta(1)), G.Reparam())
+    prog = Program(_TH, (x,), Op("add", (Cmp("x", 0.3), Op("sin", (_X,)))))
+    r = G.check(prog)
+    assert r["verdict"] == "unverified" and r["status"] == "unverified", r
 
 
 # --- the programs -------------------------------------------------------------------------------------
