@@ -320,8 +320,10 @@ def test_cli_smoke_vae(tmp_path, capsys):
     before = refused_bytes
     refused(["--steps", "8", "--resume"], str(ckpt), "corrupted")
     ckpt.write_bytes(b"not a checkpoint at all")
-    before = ckpt.read_bytes()
-    refused(["--steps", "8", "--resume"], str(ckpt))
+    r3 = _run(["-m", "ppl", "--steps", "8", "--resume", *tiny], tmp_path)  # the real command, too
+    assert r3.returncode == 2 and r3.stderr.startswith("ppl: error: ") and r3.stderr.count("\n") == 1, r3.stderr
+    assert "checkpoint.npz" in r3.stderr and "Traceback" not in r3.stderr
+    assert ckpt.read_bytes() == b"not a checkpoint at all"
 
 
 def test_cli_zero_steps_writes_no_curve_and_no_checkpoint(tmp_path, capsys):
