@@ -12,7 +12,7 @@ from ._plate import PlateError, plate
 from ._site import deterministic, sample, set_validation
 from .choicemap import ChoiceMap
 from .distributions import Dist, EnumerationError, as_dist
-from .interpreters import Trace, assess, call, condition, generate, harvest, importance, replay, simulate
+from .interpreters import AddressMismatchError, Trace, assess, call, condition, generate, harvest, importance, replay, simulate
 
 __version__ = "0.1.0"
 
@@ -20,5 +20,5 @@ __all__ = [
     "sample", "deterministic", "call", "plate", "set_validation",
     "simulate", "assess", "generate", "importance", "replay", "condition", "harvest",
     "Trace", "ChoiceMap", "Dist", "as_dist", "EnumerationError", "UnsupportedControlFlow",
-    "NumPyroEffectError", "PlateError",
+    "NumPyroEffectError", "PlateError", "AddressMismatchError",
 ]

@@ -58,6 +58,26 @@ def site_addresses(jaxpr) -> tuple:
     return _sites_of(_open(jaxpr))
 
 
+def _latent_of(jaxpr) -> list:
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive is sample_p:
+            if not eqn.params["observed"]:
+                found.append(eqn.params["addr"])
+        else:
+            for sub in _compat.jaxprs_in_params(eqn.params):
+                found.extend(_latent_of(sub))
+    return found
+
+
+def latent_addresses(jaxpr) -> tuple:
+    """Addresses of the unobserved random choices in a (closed) jaxpr, nested ones included.
+
+    Static: a choice inside one branch of ``lax.cond`` is listed even if that branch does not run.
+    """
+    return tuple(_latent_of(_open(jaxpr)))
+
+
 def contains_sites(jaxpr) -> bool:
     return bool(site_addresses(jaxpr))
 

@@ -28,11 +28,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._interp import Handler, rescan, run, site_addresses, stage
+from ._interp import Handler, latent_addresses, rescan, run, site_addresses, stage
 from ._site import Site, bind_site, det_p, fmt_address, normalize_address
 from .choicemap import ChoiceMap
 
-__all__ = ["Trace", "simulate", "assess", "generate", "importance", "replay", "condition", "call", "harvest"]
+__all__ = ["AddressMismatchError", "Trace", "simulate", "assess", "generate", "importance", "replay", "condition", "call", "harvest"]
 
 
 @jax.tree_util.register_dataclass
@@ -97,7 +97,7 @@ class _TraceHandler(Handler):
             self.weight = self.weight + lp
         else:
             if self.key is None:
-                raise KeyError(
+                raise _MissingChoice(addr,
                     f"{self.who}: no value for address {fmt_address(addr)!r}, which the program "
                     "samples. Supply every sampled address in the choice map, or use "
                     "ppl.generate(program)(key, constraints, *args) to sample the missing ones.")
@@ -204,6 +204,55 @@ class _TraceHandler(Handler):
 
     def unvisited(self):
         return [a for a in self.constraints if a not in self.visited]
+
+
+class _MissingChoice(KeyError):
+    def __init__(self, addr, message):
+        super().__init__(message)
+        self.addr = addr
+
+
+class AddressMismatchError(KeyError):
+    """A choice map and a program disagree on addresses (raised by ``assess``).
+
+    ``missing``: addresses the program samples (unobserved) that the choice map does not give;
+    ``extra``: addresses in the choice map that the program never visits. Both are sorted
+    lists of formatted addresses. Objectives that score a model at a guide's choices re-raise
+    it as a model/guide mismatch naming both sides.
+    """
+
+    def __init__(self, message, missing=(), extra=()):
+        super().__init__(message)
+        self.message = message
+        self.missing = list(missing)
+        self.extra = list(extra)
+
+    def __str__(self):
+        return self.message
+
+
+def _mismatch(closed, cons, who, first_missing=None):
+    """The address mismatch between ``cons`` and the staged program, as an AddressMismatchError."""
+    missing = {fmt_address(a) for a in latent_addresses(closed) if a not in cons}
+    if first_missing is not None:
+        missing.add(fmt_address(first_missing))
+    known = set(site_addresses(closed))
+    extra = {fmt_address(a) for a in cons if a not in known}
+    parts = []
+    if missing:
+        parts.append(f"the program samples {_names(missing)}, which the choice map does not give")
+    if extra:
+        parts.append(f"the choice map has {_names(extra)}, which the program never visits")
+    msg = (f"{who}: " + "; ".join(parts) + ". Supply a value for every sampled address and no "
+           "others (check the spelling and the call prefixes: addresses of sub-programs are "
+           "prefix/address), or use ppl.generate(program)(key, constraints, *args) to sample the "
+           "missing ones.")
+    return AddressMismatchError(msg, sorted(missing), sorted(extra))
+
+
+def _names(names):
+    names = sorted(names)
+    return ", ".join(repr(n) for n in names)
 
 
 _HARVEST = object()  # marks a harvesting handler (it draws by re-emitting the site)
@@ -331,8 +380,12 @@ def assess(program):
         cons = _constraints(choices, "assess")
         closed, flat, out_tree = _stage(program, args)
         h = _TraceHandler(None, cons, "assess")
-        out = run(closed, flat, h)
-        _check_all_visited(h)
+        try:
+            out = run(closed, flat, h)
+        except _MissingChoice as e:
+            raise _mismatch(closed, cons, "assess", e.addr) from None
+        if h.unvisited():
+            raise _mismatch(closed, cons, "assess")
         return h.score, jax.tree_util.tree_unflatten(out_tree, out)
 
     return assess_fn

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from ._verdict import mark, require_pathwise
-from .vi import Marginal, density, sim
+from .vi import Marginal, density, model_density, sim
 
 __all__ = ["elbo", "elbo_stl", "iwae", "iwae_dreg", "iwae_stl", "renyi", "vimco",
            "hvi", "iwhvi", "diwhvi", "sivi", "rws_wake_p", "rws_wake_q"]
@@ -35,7 +35,7 @@ def _particles(model, guide, k, model_args, guide_args, guide_args_for_density=N
     def one(_):
         tr = sim(guide, *guide_args)
         logq = tr.score if guide_args_for_density is None else density(guide, tr.choices, *guide_args_for_density)
-        return tr.choices, density(model, tr.choices, *model_args) - logq
+        return tr.choices, model_density(model, tr.choices, *model_args) - logq
 
     return jax.vmap(one)(jnp.arange(k))
 
@@ -44,7 +44,7 @@ def elbo(model, guide):
     """``E_q[log p(x, z) - log q(z)]``."""
     def objective(model_args, guide_args):
         tr = sim(guide, *guide_args)
-        return density(model, tr.choices, *model_args) - tr.score
+        return model_density(model, tr.choices, *model_args) - tr.score
     return objective
 
 
@@ -52,7 +52,7 @@ def elbo_stl(model, guide):
     """ELBO with "sticking the landing": ``log q`` at stopped guide parameters (unbiased)."""
     def objective(model_args, guide_args):
         tr = sim(guide, *guide_args)
-        return density(model, tr.choices, *model_args) - density(guide, tr.choices, *sg(guide_args))
+        return model_density(model, tr.choices, *model_args) - density(guide, tr.choices, *sg(guide_args))
     return objective
 
 
@@ -86,7 +86,7 @@ def iwae_dreg(model, guide, k):
     def objective(model_args, guide_args):
         choices, lw_sg_q = _particles(model, guide, k, sg(model_args), guide_args, sg(guide_args))
         choices = require_pathwise(choices, "iwae_dreg", _DREG_FIX)
-        lp_model = jax.vmap(lambda c: density(model, sg(c), *model_args))(choices)
+        lp_model = jax.vmap(lambda c: model_density(model, sg(c), *model_args))(choices)
         bound = logsumexp(lw_sg_q) - math.log(k)
         wt = sg(jax.nn.softmax(lw_sg_q))
         surrogate = jnp.sum(wt**2 * lw_sg_q) + jnp.sum(wt * lp_model)
@@ -123,7 +123,7 @@ def vimco(model, guide, k):
     def objective(model_args, guide_args):
         choices, _ = _particles(model, guide, k, model_args, sg(guide_args))
         logq = jax.vmap(lambda c: density(guide, c, *guide_args))(choices)
-        lw = jax.vmap(lambda c: density(model, c, *model_args))(choices) - logq
+        lw = jax.vmap(lambda c: model_density(model, c, *model_args))(choices) - logq
         bound = logsumexp(lw) - math.log(k)
         others = (jnp.sum(lw) - lw) / (k - 1)
         lw_loo = jnp.where(jnp.eye(k, dtype=bool), others[:, None], lw[None, :])
@@ -145,7 +145,7 @@ def iwhvi(model, guide, keep, reverse, m):
 
     def objective(model_args, guide_args):
         x, log_q = marginal.sample(*guide_args)
-        return density(model, x, *model_args) - log_q
+        return model_density(model, x, *model_args) - log_q
     return objective
 
 
@@ -156,7 +156,7 @@ def diwhvi(model, guide, keep, reverse, n, m):
     def objective(model_args, guide_args):
         def one(_):
             x, log_q = marginal.sample(*guide_args)
-            return density(model, x, *model_args) - log_q
+            return model_density(model, x, *model_args) - log_q
         lw = jax.vmap(one)(jnp.arange(n))
         return logsumexp(lw) - math.log(n)
     return objective
@@ -175,7 +175,7 @@ def rws_wake_p(model, guide, k):
     """Reweighted wake-sleep, wake-p surrogate: ``sum_k w~_k log p(x, z_k)``, z from a stopped guide."""
     def objective(model_args, guide_args):
         choices, lw = _particles(model, guide, k, model_args, sg(guide_args))
-        lp = jax.vmap(lambda c: density(model, sg(c), *model_args))(choices)
+        lp = jax.vmap(lambda c: model_density(model, sg(c), *model_args))(choices)
         return mark(jnp.sum(sg(jax.nn.softmax(lw)) * lp), "surrogate",
                     "rws_wake_p: the reweighted wake-sleep wake-p update (self-normalized, stopped "
                     "weights), not the gradient of its expected value")

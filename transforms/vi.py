@@ -26,9 +26,9 @@ import numpyro.distributions as nd
 
 from ppl._site import normalize_address, sample
 from ppl.choicemap import ChoiceMap
-from ppl.interpreters import assess, harvest
+from ppl.interpreters import AddressMismatchError, assess, harvest
 
-__all__ = ["sim", "density", "Marginal", "SIR", "split_choices"]
+__all__ = ["sim", "density", "model_density", "ModelGuideMismatchError", "Marginal", "SIR", "split_choices"]
 
 
 def sim(program, *args):
@@ -39,6 +39,40 @@ def sim(program, *args):
 def density(program, choices, *args):
     """``log p(choices, observations)`` of ``program(*args)`` (every sampled address given)."""
     return assess(program)(choices, *args)[0]
+
+
+class ModelGuideMismatchError(AddressMismatchError):
+    """The guide's choices do not match the model's unobserved sites (raised at trace time).
+
+    A subclass of :class:`ppl.AddressMismatchError` (``missing`` = ``model_only``, ``extra`` =
+    ``guide_only``). ``model_only``: addresses the model samples that the guide does not; ``guide_only``:
+    addresses the guide samples that the model lacks.
+    """
+
+    def __init__(self, message, model_only=(), guide_only=()):
+        super().__init__(message, model_only, guide_only)
+        self.model_only = list(model_only)
+        self.guide_only = list(guide_only)
+
+
+def model_density(model, guide_choices, *args):
+    """:func:`density` of ``model`` at a guide's choices; a mismatch names the model and the guide."""
+    try:
+        return density(model, guide_choices, *args)
+    except AddressMismatchError as e:
+        parts = []
+        if e.missing:
+            parts.append(f"the model samples {_names(e.missing)}, which the guide does not")
+        if e.extra:
+            parts.append(f"the guide samples {_names(e.extra)}, which the model lacks")
+        raise ModelGuideMismatchError(
+            "model/guide mismatch: " + "; ".join(parts) + ". The guide must sample every "
+            "unobserved site of the model under the same address (observed sites excluded) and "
+            "no others; rename the guide's sites to match.", e.missing, e.extra) from None
+
+
+def _names(names):
+    return ", ".join(repr(n) for n in names)
 
 
 def split_choices(choices, keep):
@@ -114,7 +148,7 @@ class SIR:
     def sample(self, model_args=(), proposal_args=()):
         def one(_):
             tr = sim(self.proposal, *proposal_args)
-            lp = density(self.model, tr.choices, *model_args)
+            lp = model_density(self.model, tr.choices, *model_args)
             return tr.choices, lp, lp - tr.score
 
         choices, lps, lws = jax.vmap(one)(jnp.arange(self.num_particles))

@@ -177,13 +177,28 @@ def test_error_unvisited_constraints_listed(key):
     m = NormalNormal()
     with pytest.raises(KeyError, match=r"never visits: \['muu', 'sigma'\]"):
         ppl.generate(m.model)(key, {"muu": 1.0, "sigma": 2.0}, jnp.ones(2))
-    with pytest.raises(KeyError, match=r"never visits: \['nope'\]"):
+    with pytest.raises(ppl.AddressMismatchError, match=r"choice map has 'nope', which the program never visits"):
         ppl.assess(m.model)({"mu": 1.0, "nope": 2.0}, jnp.ones(2))
 
 
 def test_error_assess_missing_value():
-    with pytest.raises(KeyError, match="assess: no value for address 'c2'"):
+    with pytest.raises(KeyError, match="assess: the program samples 'c2', which the choice map does not give"):
         ppl.assess(TwoCoins().model)({"c1": 1}, 0.3)
+
+
+def test_error_assess_names_every_missing_and_extra_address():
+    """A misspelt choice map: assess lists all the program's missing addresses and all the
+    extra ones in one error (not only the first missing one)."""
+    def model():
+        a = ppl.sample("a", nd.Normal(0.0, 1.0))
+        ppl.sample("b", nd.Normal(a, 1.0))
+        ppl.sample("y", nd.Normal(a, 1.0), obs=0.5)
+
+    with pytest.raises(ppl.AddressMismatchError) as info:
+        ppl.assess(model)({"A": 0.0, "B": 1.0})
+    assert info.value.missing == ["a", "b"] and info.value.extra == ["A", "B"]
+    assert "the program samples 'a', 'b'" in str(info.value)
+    assert "the choice map has 'A', 'B', which the program never visits" in str(info.value)
 
 
 def test_error_value_shape_and_dtype(key):

@@ -407,3 +407,28 @@ def test_objectives_train_the_guide_to_the_exact_posterior(which, key):
     loc, scale = NN.posterior(Y_NN)
     assert abs(float(params["loc"]) - float(loc)) < 0.02, (params, loc)
     assert abs(float(jax.nn.softplus(params["s"])) - float(scale)) < 0.02, (params, scale)
+
+
+def test_model_guide_mismatch_names_both_sides_at_trace_time(key):
+    """A guide whose site is renamed ('m' for the model's 'mu'): the built-in objectives raise a
+    model/guide error naming the model's unmatched site and the guide's extra one, when traced
+    (under jax.jit nothing runs: the error comes from tracing)."""
+    from ppl.transforms.vi import ModelGuideMismatchError
+
+    def model(y):
+        mu = ppl.sample("mu", nd.Normal(0.0, 1.0))
+        ppl.sample("y", nd.Normal(mu, 1.0), obs=y)
+
+    def renamed_guide(phi):
+        ppl.sample("m", nd.Normal(phi, 1.0))
+
+    for obj in (O.elbo(model, renamed_guide), O.iwae(model, renamed_guide, 3)):
+        E = expectation(obj)
+        traced = jax.jit(lambda k: E.value_and_grad(k, (jnp.array(1.0),), (jnp.array(0.0),), argnums=1))
+        with pytest.raises(ModelGuideMismatchError) as info:
+            jax.eval_shape(traced, key)
+        msg = str(info.value)
+        assert "the model samples 'mu', which the guide does not" in msg, msg
+        assert "the guide samples 'm', which the model lacks" in msg, msg
+        assert info.value.model_only == ["mu"] and info.value.guide_only == ["m"]
+        assert isinstance(info.value, ppl.AddressMismatchError)
