@@ -88,7 +88,7 @@ def sample(address, distribution, *, obs=None, estimator=None):
     params = dict(addr=addr, treedef=treedef, shape=tuple(out.shape), dtype=np.dtype(out.dtype),
                   observed=obs is not None, batch=(), estimator=estimator, plates=current_plates())
     if obs is not None:
-        obs = _check_value(addr, obs, out.shape, out.dtype, "observed value")
+        obs = _check_value(addr, obs, out.shape, out.dtype, "observed value", keep_traced_float=True)
     return bind_site(leaves, obs, params)
 
 
@@ -141,8 +141,11 @@ def _validate(addr, d):
                 "positive scale through jax.nn.softplus).")
 
 
-def _check_value(addr, value, shape, dtype, what="value"):
-    """Check and convert a value supplied for a site (constraint or observation)."""
+def _check_value(addr, value, shape, dtype, what="value", keep_traced_float=False):
+    """Check and convert a value supplied for a site (constraint or observation).
+
+    With ``keep_traced_float`` a traced float value at an integer site is returned uncast, so
+    the interpreter that later sees it concrete (``Site.from_eqn_values``) can check it."""
     value = jnp.asarray(value)
     if tuple(value.shape) != tuple(shape):
         raise ValueError(
@@ -151,9 +154,23 @@ def _check_value(addr, value, shape, dtype, what="value"):
     dtype = np.dtype(dtype)
     vk, sk = np.dtype(value.dtype).kind, dtype.kind
     if sk in "iu" and vk == "f":
-        raise TypeError(
-            f"{what} for address {fmt_address(addr)!r} has dtype {value.dtype}, but the site is "
-            f"discrete with dtype {dtype}. Pass integer values (e.g. x.astype({dtype.name})).")
+        # Floats at an integer site (Bernoulli/Binomial/Categorical...) are accepted when integral,
+        # as NumPyro accepts them, and cast to the site's dtype. A concrete value is checked here;
+        # a traced one (under jit/vmap) cannot be checked without a runtime check and is the
+        # caller's responsibility: a non-integral entry would be truncated by the cast.
+        if isinstance(value, jax.core.Tracer):
+            if keep_traced_float:
+                return value
+        else:
+            v = np.asarray(value)
+            bad = ~np.isfinite(v) | (v != np.round(v)) if v.size else np.zeros((), bool)
+            if np.any(bad):
+                first = v[bad].ravel()[0] if v.ndim else v
+                raise ValueError(
+                    f"{what} for address {fmt_address(addr)!r} has non-integral or non-finite "
+                    f"entries (e.g. {first!r}, {int(np.sum(bad))} of {v.size}), but the site is "
+                    f"discrete with dtype {dtype}. Pass integral values (e.g. binarize images "
+                    "with x > 0.5), or use a continuous distribution for this site.")
     if vk not in "biuf" or sk not in "biuf":
         raise TypeError(f"{what} for address {fmt_address(addr)!r} has dtype {value.dtype}; "
                         f"the site's values have dtype {dtype}.")
@@ -248,10 +265,15 @@ class Site:
     def from_eqn_values(cls, params, invals):
         observed = params["observed"]
         n_leaves = len(invals) - observed
-        return cls(addr=params["addr"], treedef=params["treedef"], leaves=tuple(invals[:n_leaves]),
+        site = cls(addr=params["addr"], treedef=params["treedef"], leaves=tuple(invals[:n_leaves]),
                    shape=params["shape"], dtype=params["dtype"], batch=params["batch"],
                    obs=invals[n_leaves] if observed else None, estimator=params["estimator"],
                    plates=params["plates"])
+        if observed and jnp.result_type(site.obs) != jnp.dtype(site.dtype):
+            # a float observation at an integer site, traced when the program was staged: check
+            # it now if it is concrete (else it is cast unchecked) and cast it to the site's dtype
+            site = dataclasses.replace(site, obs=site.check_value(site.obs, "observed value"))
+        return site
 
     @property
     def value_shape(self):
