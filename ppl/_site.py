@@ -260,6 +260,9 @@ class Site:
     obs: Any = None
     estimator: Any = None
     plates: tuple = ()  # the ppl.plate contexts open at the site (outermost first)
+    # a traced float observation cast to an integer site: whether every entry was integral
+    # (else the site's log density is NaN, never a density of truncated values); None otherwise
+    obs_integral: Any = None
 
     @classmethod
     def from_eqn_values(cls, params, invals):
@@ -271,8 +274,12 @@ class Site:
                    plates=params["plates"])
         if observed and jnp.result_type(site.obs) != jnp.dtype(site.dtype):
             # a float observation at an integer site, traced when the program was staged: check
-            # it now if it is concrete (else it is cast unchecked) and cast it to the site's dtype
-            site = dataclasses.replace(site, obs=site.check_value(site.obs, "observed value"))
+            # it now if it is concrete and cast it to the site's dtype; a traced one cannot raise,
+            # so whether it was integral is kept and a non-integral one makes the density NaN
+            ok = None
+            if isinstance(site.obs, jax.core.Tracer):
+                ok = jnp.all(jnp.isfinite(site.obs) & (site.obs == jnp.round(site.obs)))
+            site = dataclasses.replace(site, obs=site.check_value(site.obs, "observed value"), obs_integral=ok)
         return site
 
     @property

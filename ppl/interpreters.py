@@ -87,6 +87,8 @@ class _TraceHandler(Handler):
 
         if site.obs is not None:
             lp = log_density(site.obs)
+            if site.obs_integral is not None:  # a traced float observation at an integer site
+                lp = jnp.where(site.obs_integral, lp, jnp.nan)
             self.score = self.score + lp
             self.weight = self.weight + lp
             return site.obs

@@ -82,3 +82,15 @@ def test_vae_style_model_observes_binarized_float_images():
 
     with pytest.raises(ValueError, match=r"'x'.*non-integral"):  # grey-level images, concrete
         ppl.assess(model)({"z": z}, jnp.asarray(images) * 0.5, w_dec)
+
+
+def test_traced_non_integral_observation_is_nan_not_truncated():
+    """Under jit the value cannot be checked when staged: a non-integral entry makes the
+    density NaN (fit stops on it) instead of scoring the truncated value."""
+    def model(y):
+        ppl.sample("y", nd.Bernoulli(0.3).expand([2]), obs=y)
+
+    f = jax.jit(lambda y: ppl.assess(model)({}, y)[0])
+    assert np.isnan(float(f(jnp.array([0.5, 1.0]))))
+    assert np.isfinite(float(f(jnp.array([0.0, 1.0]))))
+    np.testing.assert_allclose(f(jnp.array([0.0, 1.0])), np.log(0.7) + np.log(0.3), rtol=1e-6)
