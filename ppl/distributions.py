@@ -253,48 +253,15 @@ class _BinomialLogits(nd.BinomialLogits):
 _CORRECTED = {nd.BernoulliLogits: _BernoulliLogits, nd.BinomialLogits: _BinomialLogits}
 
 
-def _corrected(d):
-    """``d`` with every defective distribution inside it replaced by its corrected subclass.
-
-    One mechanism for bare distributions and every NumPyro wrapper (``Independent`` from
-    ``.to_event``, ``ExpandedDistribution`` from ``.expand``, ``MaskedDistribution`` from
-    ``.mask``, ``TransformedDistribution``, mixtures, zero-inflated and hurdle
-    distributions, ...): wrappers keep their children among their attributes (alone or in a
-    list/tuple), so the walk unwraps each one, corrects what it finds and rewraps shallow
-    copies. ``d`` itself is never modified; ``d`` is returned when nothing needs correcting.
-    """
+def _rewrap(d, child):
+    """``d`` with ``child`` applied to every distribution among its attributes (alone or in a
+    list/tuple), as a shallow copy; ``d`` itself when no child changed. Wrappers keep their
+    children there (``Independent`` from ``.to_event``, ``ExpandedDistribution`` from
+    ``.expand``, ``MaskedDistribution`` from ``.mask``, ``TransformedDistribution``, mixtures,
+    zero-inflated and hurdle distributions, ...), so this walks every NumPyro wrapper."""
     def fix(obj):
         if isinstance(obj, nd.Distribution):
-            return _corrected(obj)
-        if isinstance(obj, (list, tuple)) and any(isinstance(o, nd.Distribution) for o in obj):
-            return type(obj)(fix(o) for o in obj)
-        return obj
-
-    changed = {}
-    for name, v in vars(d).items():
-        new = fix(v)
-        if new is not v:
-            changed[name] = new
-    cls = _CORRECTED.get(type(d))
-    if cls is None and not changed:
-        return d
-    out = copy.copy(d)
-    if cls is not None:
-        out.__class__ = cls
-    vars(out).update(changed)
-    return out
-
-
-def _unmasked(d):
-    """``d`` without its ``MaskedDistribution`` wrappers, wherever they sit (rewrapping shallow
-    copies of the wrappers around them, as :func:`_corrected` does); ``d`` when it has none."""
-    if isinstance(d, nd.MaskedDistribution):
-        base = _unmasked(d.base_dist)
-        return base if tuple(base.batch_shape) == tuple(d.batch_shape) else base.expand(d.batch_shape)
-
-    def fix(obj):
-        if isinstance(obj, nd.Distribution):
-            return _unmasked(obj)
+            return child(obj)
         if isinstance(obj, (list, tuple)) and any(isinstance(o, nd.Distribution) for o in obj):
             return type(obj)(fix(o) for o in obj)
         return obj
@@ -305,6 +272,32 @@ def _unmasked(d):
     out = copy.copy(d)
     vars(out).update(changed)
     return out
+
+
+def _corrected(d):
+    """``d`` with every defective distribution inside it replaced by its corrected subclass.
+
+    One mechanism for bare distributions and every NumPyro wrapper: :func:`_rewrap` unwraps
+    each one, corrects what it finds and rewraps shallow copies. ``d`` itself is never
+    modified; ``d`` is returned when nothing needs correcting.
+    """
+    out = _rewrap(d, _corrected)
+    cls = _CORRECTED.get(type(d))
+    if cls is None:
+        return out
+    if out is d:
+        out = copy.copy(d)
+    out.__class__ = cls
+    return out
+
+
+def _unmasked(d):
+    """``d`` without its ``MaskedDistribution`` wrappers, wherever they sit (shallow copies of
+    the wrappers around them, by :func:`_rewrap`); ``d`` when it has none."""
+    if isinstance(d, nd.MaskedDistribution):
+        base = _unmasked(d.base_dist)
+        return base if tuple(base.batch_shape) == tuple(d.batch_shape) else base.expand(d.batch_shape)
+    return _rewrap(d, _unmasked)
 
 
 class NumPyroDist(Dist):
