@@ -4,6 +4,9 @@ from __future__ import annotations
 import contextlib
 import sys
 
+import jax
+import jax.numpy as jnp
+
 
 @contextlib.contextmanager
 def bar(total: int, desc: str, enabled=None):
@@ -29,3 +32,18 @@ def bar(total: int, desc: str, enabled=None):
 def describe(what: str, num_particles: int, num_examples: int) -> str:
     """``"log-likelihood, K = 1,000, 10,000 images"``."""
     return f"{what}, K = {num_particles:,}, {num_examples:,} images"
+
+
+def in_blocks(fn, key, x, batch_size: int, desc: str, progress=None):
+    """``fn(key_i, block)`` over blocks of ``batch_size`` examples of ``x``, block ``i`` with
+    ``fold_in(key, i)``, concatenated; the last block is padded so every block compiles once.
+    The bar (``desc``) advances by examples."""
+    n = x.shape[0]
+    pad = (-n) % batch_size
+    xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+    outs = []
+    with bar(n, desc, progress) as advance:
+        for i, s in enumerate(range(0, n + pad, batch_size)):
+            outs.append(fn(jax.random.fold_in(key, i), xp[s:s + batch_size]).block_until_ready())
+            advance(min(batch_size, n - s))
+    return jnp.concatenate(outs)[:n]

@@ -129,15 +129,8 @@ def log_likelihood(key, params, x, num_particles: int = 100, *, batch_size: int 
             out = _iwae_block(key, params, x, num_particles).block_until_ready()
             advance(n)
         return out
-    pad = (-n) % batch_size  # pad the last block: one compilation for every block
-    xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-    outs = []
-    with _progress.bar(n, _progress.describe("log-likelihood", num_particles, n), progress) as advance:
-        for i, s in enumerate(range(0, n + pad, batch_size)):
-            outs.append(_iwae_block(jax.random.fold_in(key, i), params, xp[s:s + batch_size], num_particles))
-            outs[-1].block_until_ready()
-            advance(min(batch_size, n - s))
-    return jnp.concatenate(outs)[:n]
+    return _progress.in_blocks(lambda k, xb: _iwae_block(k, params, xb, num_particles), key, x, batch_size,
+                               _progress.describe("log-likelihood", num_particles, n), progress)
 
 
 @jax.jit
