@@ -6,6 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# `make demo` again replaces runs/vae (the main command refuses to overwrite a checkpoint unasked)
+DEMO_ARGS ?= --overwrite
 
 .PHONY: setup demo test bench clean clean-cache
 

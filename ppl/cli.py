@@ -300,6 +300,9 @@ def run(args):
     task, E, plan = setup(args)
     out = _plots.ensure_dir(args.out or os.path.join("runs", args.model))
     steps = _DEFAULT_STEPS[args.model] if args.steps is None else args.steps
+    ckpt = os.path.join(out, "checkpoint.npz")
+    config = _run_config(args, task)
+    resumed_at = _check_checkpoint(args, ckpt, config, steps)  # refuses before anything is printed
     print(f"model {args.model} on {task.data_name}; objective {args.objective}"
           + (f" (K={args.particles})" if OBJECTIVES[args.objective][1] else "") + f"; {steps} steps; optimizer "
           + args.optimizer + "".join(f" {k}={v}" for k, v in {"lr": args.lr, **_optimizer_flags(args)}.items()))
@@ -307,9 +310,6 @@ def run(args):
     key = jax.random.key(args.seed)
     k_init, k_fit, k_eval = jax.random.split(key, 3)
     params = task.init(k_init)
-    ckpt = os.path.join(out, "checkpoint.npz")
-    config = _run_config(args, task)
-    resumed_at = _check_checkpoint(args, ckpt, config, steps)
     if resumed_at is not None:
         print(f"resumed at step {resumed_at} from {ckpt}")
     t0 = time.time()
