@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 
-from ppl import cli
+from ppl.models import cli
 
 PAPER = {"VAE (k=1), 784-200-200-50, 3280 passes": -86.76, "IWAE (k=5), same": -85.54}
 

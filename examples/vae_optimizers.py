@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from ppl import cli
+from ppl.models import cli
 from ppl.transforms.fit import fit
 
 RUNS = ("adam;diffgrad;mfac:lr=0.0001,mfac-grads=32;rm3:lr=0.01;sgd:lr=0.01,momentum=0.9")

@@ -1,7 +1,7 @@
 """Tasks of the main command: a model, its guide, data, a loss, metrics and plots per model.
 
 Each ``vae(args, ds)`` / ``dvae(args, ds)`` / ``air(args, ds)`` returns a :class:`Task`; the
-command line (``ppl.cli``) only chooses and runs them.
+command line (:mod:`ppl.models.cli`) only chooses and runs them.
 """
 from __future__ import annotations
 

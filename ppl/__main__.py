@@ -1,12 +1,12 @@
-"""``python -m ppl``: see :mod:`ppl.cli` (``python -m ppl --help``)."""
+"""``python -m ppl``: launches the main command, :mod:`ppl.models.cli` (``python -m ppl --help``).
+
+The command sits in the top layer: it chooses among models, estimators and optimizers. This
+file is a launcher, not library code: ``import ppl`` never runs it, and it names the command
+only by module name, looked up when ``python -m ppl`` runs, so the language layer imports
+nothing above it (tests/test_layering.py checks both).
+"""
+import importlib
 import sys
 
-
-def main(argv=None):
-    from ppl.cli import main as _main
-
-    return _main(argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(importlib.import_module("ppl.models.cli").main())

@@ -2,7 +2,7 @@
 import jax
 import pytest
 
-from ppl.cli import use_compilation_cache
+from ppl.config import use_compilation_cache
 
 # JAX's persistent compilation cache keeps the suite fast on 2 CPU cores.
 use_compilation_cache()

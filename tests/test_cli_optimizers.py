@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from ppl import cli
+from ppl.models import cli
 
 TINY = ["--steps", "3", "--chunk", "3", "--eval-particles", "4", "--latent", "3", "--hidden", "16",
         "--batch-size", "12", "--no-progress"]

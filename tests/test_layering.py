@@ -2,7 +2,8 @@
 
 ppl (language) <- ppl.transforms <- ppl.estimators <- ppl.backends <- ppl.models <- examples/, bench/.
 ppl.backends needs no estimator: it may import ppl and ppl.transforms only.
-The command-line entry points (ppl/__main__.py, ppl/cli.py) sit on top of everything.
+No file is exempt: the main command is ppl.models.cli (top layer); ppl/__main__.py launches it
+by module name when ``python -m ppl`` runs, and ``import ppl`` loads no layer above ppl.
 """
 import ast
 import pathlib
@@ -16,7 +17,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = {"ppl": 0, "transforms": 1, "estimators": 2, "backends": 3, "models": 4}
 PACKAGE_OF = {"ppl": "ppl", "ppl.transforms": "transforms", "ppl.estimators": "estimators",
               "ppl.backends": "backends", "ppl.models": "models"}
-ENTRY_POINTS = {ROOT / "ppl" / "__main__.py", ROOT / "ppl" / "cli.py"}
 
 
 def _layer_of_module(name: str):
@@ -41,8 +41,6 @@ def test_imports_flow_one_way():
     bad = []
     for folder, layer in LAYERS.items():
         for path in (ROOT / folder).rglob("*.py"):
-            if path in ENTRY_POINTS:
-                continue
             for mod in _imports(path):
                 target = _layer_of_module(mod)
                 if target is not None and target > layer:
@@ -57,6 +55,16 @@ def test_layering_check_catches_a_violation(tmp_path):
     f = tmp_path / "x.py"
     f.write_text("def f():\n    import ppl.models.vae\n")
     assert [m for m in _imports(f) if _layer_of_module(m) == LAYERS["models"]]
+
+
+def test_import_ppl_loads_no_layer_above_it():
+    """The static check above sees imports; this sees what ``import ppl`` really loads."""
+    code = ("import sys, ppl; print(' '.join(sorted(m for m in sys.modules "
+            "if m.split('.')[:2] in (['ppl', 'transforms'], ['ppl', 'estimators'], ['ppl', 'backends'], "
+            "['ppl', 'models']))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "", r.stdout
 
 
 @pytest.mark.slow

@@ -262,7 +262,7 @@ def test_air_transformer_roundtrip_and_steps(digits):
     (["--steps", "-1"], "--steps must be >= 0"),
 ])
 def test_cli_bad_flags_in_process(argv, message, capsys, tmp_path):
-    from ppl import cli
+    from ppl.models import cli
 
     assert cli.main(argv + ["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
@@ -280,7 +280,7 @@ def test_cli_bad_flag_subprocess(tmp_path):
 
 def test_cli_smoke_vae(tmp_path, capsys):
     """A run, the refusals that protect its checkpoint, then an exact resume (the real command)."""
-    from ppl import cli
+    from ppl.models import cli
 
     tiny = ["--chunk", "2", "--eval-particles", "4", "--latent", "3", "--hidden", "16", "--out", "run",
             "--no-progress"]
@@ -327,7 +327,7 @@ def test_cli_smoke_vae(tmp_path, capsys):
 
 
 def test_cli_zero_steps_writes_no_curve_and_no_checkpoint(tmp_path, capsys):
-    from ppl import cli
+    from ppl.models import cli
 
     assert cli.main(["--steps", "0", "--eval-particles", "2", "--latent", "2", "--hidden", "8",
                      "--out", str(tmp_path / "z"), "--no-progress"]) == 0

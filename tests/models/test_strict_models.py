@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ppl import cli
+from ppl.models import cli
 from ppl.models import air, dvae, vae
 
 X = jnp.full((1, 64), 0.3)

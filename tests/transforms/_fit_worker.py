@@ -11,7 +11,7 @@ import time
 
 import jax
 
-from ppl.cli import use_compilation_cache
+from ppl.config import use_compilation_cache
 
 use_compilation_cache()
 

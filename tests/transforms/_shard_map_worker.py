@@ -8,7 +8,7 @@ import json
 
 import jax
 
-from ppl.cli import use_compilation_cache
+from ppl.config import use_compilation_cache
 
 use_compilation_cache()
 jax.config.update("jax_num_cpu_devices", 2)

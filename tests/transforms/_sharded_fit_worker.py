@@ -30,7 +30,7 @@ import sys
 import jax
 import jax.flatten_util
 
-from ppl.cli import use_compilation_cache
+from ppl.config import use_compilation_cache
 
 use_compilation_cache()
 

@@ -1,5 +1,8 @@
 """The main command: ``python -m ppl`` trains a deep generative model on digits or MNIST.
 
+It sits in the top layer (it chooses models, estimators and optimizers); ``ppl/__main__.py``
+only launches it by module name when ``python -m ppl`` runs.
+
 Strings exist only here, at the command-line boundary: ``--estimator z=mvd`` is looked up
 in the explicit table :data:`ESTIMATORS` and becomes an estimator *object*; ``--objective``
 names a function of :mod:`ppl.transforms.objectives`. Every bad flag is reported before
@@ -15,40 +18,44 @@ import re
 import sys
 import time
 
-__all__ = ["main", "build_parser", "use_compilation_cache", "make_optimizer", "ESTIMATORS", "OBJECTIVES",
-           "OPTIMIZERS", "UsageError"]
+import jax
+import numpy as np
+import optax
+
+from ppl import estimators
+from ppl.backends import optim
+from ppl.config import use_compilation_cache
+from ppl.transforms import EstimatorError, expectation
+from ppl.transforms import objectives as O
+from ppl.transforms.fit import CheckpointError, NonFiniteError, fit, peek_checkpoint
+
+from . import _plots, _tasks, data
+
+__all__ = ["main", "build_parser", "make_optimizer", "ESTIMATORS", "OBJECTIVES", "OPTIMIZERS", "UsageError"]
 
 
 class UsageError(Exception):
     """A bad flag or input: reported as one line, exit code 2, no traceback."""
 
 
-def _est(cls_name, **kw):
+def _est(cls, **kw):
     def make():
-        import ppl.estimators
-
-        return getattr(ppl.estimators, cls_name)(**kw)
-    make.cls_name = cls_name
-    return make
-
-
-def _baseline(inner_name):
-    def make():
-        return _est("Baseline", inner=_est(inner_name)(), value=0.0)()
+        return cls(**kw)
+    make.cls_name = cls.__name__
     return make
 
 
 #: ``--estimator ADDRESS=NAME``: name -> factory of an estimator object.
 ESTIMATORS = {
-    "reparam": _est("Reparam"),
-    "score": _est("ScoreFunction"),
-    "loo": _est("LeaveOneOut", num_samples=4),
-    "enum": _est("Enum"),
-    "mvd": _est("MVD"),
-    "arm": _est("ARM"),
-    "disarm": _est("DisARM"),
-    "gumbel": _est("GumbelSoftmax", temperature=0.5),
-    "straight-through": _est("StraightThrough", temperature=1.0),
+    "reparam": _est(estimators.Reparam),
+    "score": _est(estimators.ScoreFunction),
+    "loo": _est(estimators.LeaveOneOut, num_samples=4),
+    "enum": _est(estimators.Enum),
+    "mvd": _est(estimators.MVD),
+    "arm": _est(estimators.ARM),
+    "disarm": _est(estimators.DisARM),
+    "gumbel": _est(estimators.GumbelSoftmax, temperature=0.5),
+    "straight-through": _est(estimators.StraightThrough, temperature=1.0),
 }
 
 #: ``--objective NAME``: (function name in ppl.transforms.objectives, takes --particles).
@@ -153,15 +160,13 @@ def _estimators(flags, model_name, hybrid):
     if hybrid:
         if model_name != "air":
             raise UsageError("--air-hybrid applies to --model air only")
-        from ppl.models import air
+        from . import air
 
         mapping = {**air.hybrid_estimators(), **mapping}
     return mapping
 
 
 def _load_data(args):
-    from ppl.models import data
-
     if args.data == "digits":
         if args.mnist_dir:
             raise UsageError("--mnist-dir given but --data is digits; add --data mnist")
@@ -189,10 +194,6 @@ def _check_numbers(args):
 def make_optimizer(args):
     """The optax optimizer named by ``--optimizer`` with its hyperparameter flags; a flag that
     does not apply to that optimizer, or a bad value, is a :class:`UsageError`."""
-    import optax
-
-    from ppl.backends import optim
-
     name = args.optimizer
     if name not in OPTIMIZERS:
         raise UsageError(f"--optimizer {name!r}: unknown optimizer; choose one of {', '.join(OPTIMIZERS)}")
@@ -229,9 +230,6 @@ def _check_unit(flag, value):
 
 
 def _objective(args, model, guide, mapping):
-    from ppl.transforms import expectation
-    from ppl.transforms import objectives as O
-
     fname, takes_k = OBJECTIVES[args.objective]
     fn = getattr(O, fname)
     try:
@@ -253,15 +251,11 @@ def setup(args):
     ds = _load_data(args)
     if args.batch_size > ds.x_train.shape[0]:
         raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.x_train.shape[0]} training examples")
-    from ppl.models import _tasks
-
     task = getattr(_tasks, args.model)(args, ds)
     E = _objective(args, task.model, task.guide, mapping)
     try:
         plan = task.plan(E)
     except Exception as e:  # estimator errors surface here, at trace time
-        from ppl.transforms import EstimatorError
-
         if isinstance(e, (EstimatorError, KeyError, TypeError, ValueError)):
             raise UsageError(_in_flag_terms(" ".join(str(e).strip("'\"").split()))) from None
         raise
@@ -270,32 +264,12 @@ def setup(args):
     return task, E, plan
 
 
-def use_compilation_cache(path=None) -> str:
-    """Point JAX's persistent compilation cache at ``path`` (default ``$PPL_JAX_CACHE`` or
-    ``~/.cache/ppl/jax``); call before anything compiles. Returns the absolute path.
-    The main command, the test suite and its worker processes share it."""
-    import jax
-
-    path = os.path.abspath(path or os.environ.get("PPL_JAX_CACHE")
-                           or os.path.join(os.path.expanduser("~"), ".cache", "ppl", "jax"))
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
-
-
 def _compilation_cache(args):
     """``--cache-dir`` / ``--no-cache``: the cache path in use, or None."""
     return None if args.no_cache else use_compilation_cache(args.cache_dir)
 
 
 def run(args):
-    import jax
-    import numpy as np
-
-    from ppl.models import _plots
-    from ppl.transforms.fit import CheckpointError, NonFiniteError, fit
-
     cache = _compilation_cache(args)
     task, E, plan = setup(args)
     out = _plots.ensure_dir(args.out or os.path.join("runs", args.model))
@@ -361,8 +335,6 @@ def _run_config(args, task) -> dict:
 
 def _check_checkpoint(args, ckpt, config, steps):
     """The step to resume at (None: start from scratch); refuses what would lose or mix runs."""
-    from ppl.transforms.fit import CheckpointError, peek_checkpoint
-
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pass one")
     if not os.path.exists(ckpt):
