@@ -1,6 +1,7 @@
 """ppl.backends: the seed papers' other gradient methods, in shapes users already know.
 
 Optimizers are optax ``GradientTransformation``s (``ppl.backends.optim``); training
-diagnostics are callbacks for ``fit`` (``ppl.backends.diagnostics``). Backends may import
+diagnostics are callbacks for ``fit`` (``ppl.backends.diagnostics``); solvers are kernels
+(``ppl.backends.bilevel``: BO-REP). Backends may import
 ``ppl`` and ``ppl.transforms``; ``ppl.models`` and the main command may import them.
 """
