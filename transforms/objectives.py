@@ -12,6 +12,9 @@ K > 1, see Tucker et al. 2018); ``rws_wake_p`` / ``rws_wake_q`` are surrogate up
 reweighted wake-sleep, not gradients of a bound. ``iwae_dreg`` needs every guide choice
 reparameterized and refuses (at trace time, naming the site) one that is not. ``elbo_stl``
 stays unbiased for any guide: the term it drops, ``E_q[d log q_phi(z) / d phi]``, is zero.
+``f_divergence`` is unbiased for ``-grad D_f(p || q)`` with the ratio from the model's and the
+guide's own densities (a normalized model), and marks itself biased with an estimated ratio
+(``log_ratio=``, e.g. a discriminator) or self-normalized weights (``normalize=True``).
 """
 from __future__ import annotations
 
@@ -21,11 +24,15 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from ._fdiv import (FORWARD_KL, HELLINGER, JEFFREYS, JENSEN_SHANNON, NEYMAN, REVERSE_KL,
+                    FDivergence)
 from ._verdict import mark, require_pathwise
 from .vi import Marginal, density, model_density, sim
 
 __all__ = ["elbo", "elbo_stl", "iwae", "iwae_dreg", "iwae_stl", "renyi", "vimco",
-           "hvi", "iwhvi", "diwhvi", "sivi", "rws_wake_p", "rws_wake_q"]
+           "hvi", "iwhvi", "diwhvi", "sivi", "rws_wake_p", "rws_wake_q", "f_divergence",
+           "FDivergence", "REVERSE_KL", "FORWARD_KL", "JENSEN_SHANNON", "HELLINGER", "JEFFREYS",
+           "NEYMAN"]
 
 sg = jax.lax.stop_gradient
 
@@ -191,3 +198,71 @@ def rws_wake_q(model, guide, k):
                     "rws_wake_q: the reweighted wake-sleep wake-q update (self-normalized, stopped "
                     "weights), not the gradient of its expected value")
     return objective
+
+
+def f_divergence(model, guide, div, k=1, *, log_ratio=None, normalize=False):
+    """``-D_f(p || q) = -E_q[f(p(z) / q(z))]`` with the f-distill gradient (Xu et al., 2025).
+
+    ``div`` is an :class:`FDivergence` (``REVERSE_KL``, ``FORWARD_KL``, ``JENSEN_SHANNON``,
+    ``HELLINGER``, ``JEFFREYS``, ``NEYMAN`` or your own ``f``); ``p`` is the model's density of
+    the guide's choices, ``r = p / q``. Value: the mean over ``k`` guide draws of ``-f(r)``.
+    Gradient in the guide's parameters (every guide choice reparameterized, ``z = G_phi(eps)``):
+    ``E[h(r) (grad_z log p - grad_z log q)^T dz/dphi]`` with ``h(r) = f''(r) r^2`` and ``r``,
+    ``log q`` held at the current parameters; in the model's parameters:
+    ``-E_q[r f'(r) d log p / d theta]``. Both are ``-grad D_f`` exactly (the guide part is
+    ``d/dphi E_q[g(z)]`` with ``g = f(r) - r f'(r)`` held fixed, whose ``grad_z g`` is
+    ``-h(r) (grad_z log p - grad_z log q)``); reverse KL (``h = 1``) is the ELBO with sticking
+    the landing when ``p`` is normalized.
+
+    Unbiased when ``p`` is a normalized density of the guide's choices. With an unnormalized
+    model (``p(x, z)`` with observations) ``r`` is off by the evidence: reverse KL is unaffected,
+    ``normalize=True`` (``h`` divided by its mean over the ``k`` draws, the paper's practice)
+    cancels the constant for the power-law weights (forward KL, Hellinger, Neyman) and is
+    consistent but BIASED for finite ``k``. ``log_ratio(choices) -> log r`` replaces the density
+    ratio in the weight and the value (a discriminator's logit, clamped as you see fit); the
+    score difference still comes from the densities. The estimate is then BIASED (the plan says
+    so): it is the f-divergence gradient only where the estimated ratio is exact.
+    """
+    if not isinstance(div, FDivergence):
+        raise TypeError(f"f_divergence: div is an FDivergence (e.g. objectives.JENSEN_SHANNON), got {div!r}")
+    if int(k) != k or k < 1:
+        raise ValueError(f"f_divergence needs k >= 1 guide draws, got k={k}")
+    if normalize and k < 2:
+        raise ValueError("f_divergence(normalize=True) divides h by its mean over the k draws, so it "
+                         "needs k >= 2 (with k=1 every weight is 1: reverse KL)")
+    if log_ratio is not None and not callable(log_ratio):
+        raise TypeError(f"f_divergence: log_ratio is a callable choices -> log r, got {log_ratio!r}")
+
+    def one(model_args, guide_args):
+        tr = sim(guide, *guide_args)
+        z = tr.choices
+        # the score difference moves with z only; the target's parameters see r f'(r) d log p
+        log_pq = model_density(model, z, *sg(model_args)) - density(guide, z, *sg(guide_args))
+        log_p_theta = model_density(model, sg(z), *model_args)
+        u = sg(log_pq) if log_ratio is None else sg(jnp.asarray(log_ratio(sg(z))))
+        return z, u, log_pq, log_p_theta
+
+    def objective(model_args, guide_args):
+        z, u, log_pq, log_p_theta = jax.vmap(lambda _: one(model_args, guide_args))(jnp.arange(k))
+        z = require_pathwise(z, "f_divergence", _FDIV_FIX)
+        h = div.weight(u)
+        if normalize:
+            h = h / jnp.mean(h)
+        surrogate = jnp.mean(sg(h) * log_pq - sg(div.r_fprime(u)) * log_p_theta)
+        value = sg(jnp.mean(-div.f(u))) + surrogate - sg(surrogate)
+        why = []
+        if log_ratio is not None:
+            why.append("the density ratio r comes from log_ratio (an estimate, e.g. a discriminator)")
+        if normalize:
+            why.append(f"h(r) is normalized by its mean over k={k} draws (self-normalized)")
+        if why:
+            value = mark(value, "biased", f"f_divergence({div.name}): " + "; ".join(why)
+                         + ": the gradient of D_f only where the ratio is exact / as k grows")
+        return value
+    return objective
+
+
+_FDIV_FIX = ("the f-distill gradient moves the guide's draws along dz/dphi (pathwise), so every "
+             "guide choice must be reparameterized. For a discrete or score-function guide, "
+             "differentiate -f(p/q) itself: write the objective as -div.f(density(model, z) - "
+             "tr.score) with ppl.transforms.vi.sim, which ADEV estimates with any site estimator.")
