@@ -36,7 +36,7 @@ import numpy as np
 import numpyro.distributions as nd
 from numpyro.distributions import transforms as ndt
 
-from ppl._interp import Handler, UnsupportedControlFlow, describe, run, site_addresses, stage
+from ppl._interp import Handler, run, stage
 from ppl._plate import plate
 from ppl._site import fmt_address, sample
 
@@ -123,7 +123,9 @@ class SiteInfo:
 
 
 class _Prototype(Handler):
-    """Records every unobserved site and returns its initial value (so later sites see it)."""
+    """Records every unobserved site and returns its initial value (so later sites see it).
+
+    Random choices inside ``lax.scan`` / ``lax.cond`` are refused by the base handler, naming them."""
 
     def __init__(self, key, init, shift, who):
         self.key, self.init, self.shift, self.who = key, init, shift, who
@@ -175,19 +177,6 @@ class _Prototype(Handler):
 
     def deterministic(self, addr, value, batch):
         return value
-
-    def scan(self, eqn, invals):
-        raise UnsupportedControlFlow(
-            f"{self.who}: random choices {describe(site_addresses(eqn.params['jaxpr']))} inside "
-            "lax.scan: autoguides do not trace through scan. Vectorize them (jax.vmap or a batched "
-            "distribution) or write the guide by hand.")
-
-    def cond(self, eqn, invals):
-        addrs = [a for b in eqn.params["branches"] for a in site_addresses(b)]
-        raise UnsupportedControlFlow(
-            f"{self.who}: random choices {describe(addrs)} inside lax.cond/switch: an autoguide "
-            "needs every site on every run. Sample unconditionally and select with jnp.where, or "
-            "write the guide by hand.")
 
 
 def _discrete_family(site, d, who):

@@ -209,6 +209,11 @@ def test_errors_name_the_site():
         AutoNormal(subsampled).init(jax.random.key(0), jnp.zeros(10))
     with pytest.raises(AutoGuideError, match=r"Call params = guide.init\(key, \*model_args\) first"):
         ppl.simulate(AutoNormal(model))(jax.random.key(0), {})
+    def scanned():
+        jax.lax.scan(lambda c, _: (c, ppl.sample("s", nd.Normal(0.0, 1.0))), 0.0, None, length=3)
+
+    with pytest.raises(ppl.UnsupportedControlFlow, match="'s' inside lax.scan"):
+        AutoNormal(scanned).init(jax.random.key(0))
     with pytest.raises(AutoGuideError, match="'b'.*discrete"):
         def bern():
             ppl.sample("b", nd.Bernoulli(0.3))
