@@ -1,0 +1,6 @@
+"""Distributed gradient methods with clients on a ``jax.sharding.Mesh`` axis (see README)."""
+from .compress import Identity, Message, RandK, TopK, decode, ef21_stepsize, identity, rand_k, top_k
+from .ef21 import EF21, EF21Info, EF21State, ef21, ef21_w
+
+__all__ = ["EF21", "EF21Info", "EF21State", "Identity", "Message", "RandK", "TopK", "decode", "ef21",
+           "ef21_stepsize", "ef21_w", "identity", "rand_k", "top_k"]
