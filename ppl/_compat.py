@@ -9,6 +9,7 @@ import jax.extend.core as jex
 from jax._src import source_info_util as _source_info
 from jax.extend.core.primitives import stop_gradient_p as _stop_gradient_p
 from jax._src.interpreters import batching as _batching
+from jax._src.interpreters import partial_eval as _pe
 from jax.interpreters import ad as _ad
 from jax.interpreters import mlir as _mlir
 
@@ -109,6 +110,11 @@ def make_jaxpr(fn, *args):
     """Stage ``fn(*args)`` to a ClosedJaxpr; returns (closed_jaxpr, out_treedef)."""
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
     return closed, jax.tree_util.tree_structure(out_shape)
+
+
+def lift_consts(jaxpr):
+    """A jaxpr whose constvars become leading invars (so consts can be given tangents)."""
+    return _pe.convert_constvars_jaxpr(jaxpr)
 
 
 def lower_fun(fn, multiple_results):

@@ -23,16 +23,27 @@ from . import _compat
 from ._effects import guard
 from ._site import Site, det_p, fmt_address, sample_p
 
-__all__ = ["run", "stage", "Handler", "contains_sites", "site_addresses", "UnsupportedControlFlow"]
+__all__ = ["run", "stage", "Handler", "SiteHoldingPrimitive", "contains_sites", "site_addresses",
+           "UnsupportedControlFlow"]
 
 
 class UnsupportedControlFlow(NotImplementedError):
     """A random choice sits inside control flow that this transformation cannot handle."""
 
 
-# Names of primitives that hold random choices of their own (ADEV's nested expectations);
-# handlers receive them in ``Handler.other``.
-EXTRA_SITE_PRIMITIVE_NAMES: set = set()
+class SiteHoldingPrimitive(_compat.Primitive):
+    """A primitive whose equations hold random choices of their own (ADEV's nested expectation).
+
+    The property ``holds_random_choices`` is what the walk reads: such an equation is handed
+    to ``Handler.nested`` whole, and counts as one random choice in ``site_addresses``.
+    Higher layers define their primitives with it (no registry of names here).
+    """
+
+    holds_random_choices = True
+
+
+def _holds_random_choices(prim) -> bool:
+    return getattr(prim, "holds_random_choices", False)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -41,7 +52,7 @@ def _sites_of(jaxpr) -> tuple:
     for eqn in jaxpr.eqns:
         if eqn.primitive is sample_p:
             found.append(eqn.params["addr"])
-        elif eqn.primitive.name in EXTRA_SITE_PRIMITIVE_NAMES:
+        elif _holds_random_choices(eqn.primitive):
             found.append(("<expectation>",))
         else:
             for sub in _compat.jaxprs_in_params(eqn.params):
@@ -101,8 +112,8 @@ class Handler:
     def deterministic(self, addr, value, batch):
         return value
 
-    def other(self, eqn, invals):
-        """Equations of primitives listed in EXTRA_SITE_PRIMITIVE_NAMES."""
+    def nested(self, eqn, invals):
+        """An equation of a ``SiteHoldingPrimitive`` (a nested expectation)."""
         raise UnsupportedControlFlow(f"{eqn.primitive.name} is not supported by this interpreter")
 
     def scan(self, eqn, invals):
@@ -156,9 +167,9 @@ def eval_eqn(eqn, invals, handler: Handler):
         return [handler.sample(Site.from_eqn_values(eqn.params, invals))]
     if prim is det_p:
         return [handler.deterministic(eqn.params["addr"], invals[0], eqn.params["batch"])]
+    if _holds_random_choices(prim):
+        return handler.nested(eqn, invals)
     name = prim.name
-    if name in EXTRA_SITE_PRIMITIVE_NAMES:
-        return handler.other(eqn, invals)
     subs = list(_compat.jaxprs_in_params(eqn.params))
     if not subs or not any(contains_sites(s) for s in subs):
         return _compat.bind_eqn(eqn, invals)

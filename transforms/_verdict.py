@@ -46,6 +46,8 @@ import numpy as np
 from ppl import _compat
 from ppl._site import det_p, fmt_address, sample_p
 
+from .adev import expect_p
+
 __all__ = ["Finding", "SiteFacts", "Analysis", "analyze", "mark", "require_pathwise",
            "VerdictError", "mark_p", "require_p"]
 
@@ -224,7 +226,7 @@ class _Walker:
             return self._cond(eqn, vals)
         if name == "select_n":
             return [self._select(vals)]
-        if name == "ppl_expectation":
+        if eqn.primitive is expect_p:
             return self._nested(eqn, vals)
         subs = list(_compat.jaxprs_in_params(eqn.params))
         if subs:  # another higher-order primitive: look inside for marks, then be conservative

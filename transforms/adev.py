@@ -13,6 +13,11 @@ holds random choices is unrolled (its length is static), so each site's continua
 straight line of equations. ``lax.cond``/``switch`` with random choices inside is kept: the
 branch chosen at run time continues into the rest of the program inside ``lax.switch``.
 ``while_loop`` with random choices is refused with a named error.
+
+The nested-expectation primitive ``expect_p`` (``E(*args)`` inside another objective) is
+defined at the end of this module with every rule it has: JAX's (abstract evaluation, and
+evaluation/lowering outside an objective, which raise) and the interpreters' (flattening keeps
+it, plain evaluation samples its program once, ADEV's walk estimates it with its own key).
 """
 from __future__ import annotations
 
@@ -24,20 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppl import _compat
-from ppl._interp import EXTRA_SITE_PRIMITIVE_NAMES, Handler, UnsupportedControlFlow, describe, run, scan_parts, site_addresses
+from ppl._interp import (Handler, SiteHoldingPrimitive, UnsupportedControlFlow, describe, rescan, run,
+                         scan_parts, site_addresses)
 from ppl._site import Site, det_p, sample_p
 from ppl.interpreters import Reemit, rebind_site
 
 from ._estimator import DualSite, instantiate
 
-__all__ = ["adev_jvp", "flatten", "MAX_UNROLL", "debug_nonfinite"]
+__all__ = ["adev_jvp", "flatten", "MAX_UNROLL", "debug_nonfinite", "expect_p", "bind_expectation"]
 
 #: Longest ``lax.scan`` holding random choices that ADEV unrolls.
 MAX_UNROLL = 512
-
-expect_p = _compat.Primitive("ppl_expectation")
-expect_p.multiple_results = True
-EXTRA_SITE_PRIMITIVE_NAMES.add(expect_p.name)
 
 
 class _Flatten(Reemit):
@@ -49,8 +51,8 @@ class _Flatten(Reemit):
     def deterministic(self, addr, value, batch):
         return det_p.bind(value, addr=addr, batch=batch)
 
-    def other(self, eqn, invals):
-        return _compat.bind_eqn(eqn, invals)
+    def nested(self, eqn, invals):
+        return _expect_flatten(eqn, invals)
 
     def scan(self, eqn, invals):
         p = eqn.params
@@ -122,7 +124,7 @@ def _eval(eqns, i, env, key, finish, ctx):
             return _cond(eqns, i, env, key, finish, ctx, duals)
         if prim is expect_p:
             key, sub = jax.random.split(key)
-            outs = _nested(eqn, sub, duals, ctx)
+            outs = _expect_adev(eqn, sub, duals, ctx)
         elif prim is det_p:
             outs = duals
         else:
@@ -198,13 +200,6 @@ def _cond(eqns, i, env, key, finish, ctx, duals):
     return jax.lax.switch(index, [branch(b) for b in eqn.params["branches"]])
 
 
-def _nested(eqn, key, duals, ctx):
-    closed = eqn.params["jaxpr"]
-    flat = flatten(closed, [p for p, _ in duals])
-    outs, touts = adev_jvp(flat, key, [p for p, _ in duals], [t for _, t in duals], eqn.params["select"])
-    return list(zip(outs, touts))
-
-
 def adev_jvp(flat_closed, key, primals, tangents, select):
     """Dual outputs ``(outs, out_tangents)`` of a flattened objective (lists of arrays)."""
     limit = sys.getrecursionlimit()
@@ -271,13 +266,11 @@ class Sampler(Handler):
         self.key, sub = jax.random.split(self.key)
         return site.dist().sample(sub)
 
-    def other(self, eqn, invals):  # nested expectation: one sample of its program
+    def nested(self, eqn, invals):
         self.key, sub = jax.random.split(self.key)
-        return run(eqn.params["jaxpr"], invals, Sampler(sub))
+        return _expect_sample(eqn, invals, sub)
 
     def scan(self, eqn, invals):
-        from ppl._interp import rescan
-
         self.key, sub = jax.random.split(self.key)
         keys = jax.random.split(sub, eqn.params["length"])
         outs, _ = rescan(eqn, invals, Sampler, keys)
@@ -290,3 +283,51 @@ class Sampler(Handler):
         self.key, sub = jax.random.split(self.key)
         branches = [lambda *o, b=b: run(b, list(o), Sampler(sub)) for b in eqn.params["branches"]]
         return jax.lax.switch(invals[0], branches, *invals[1:])
+
+
+# --- the nested-expectation primitive, and every rule it has -----------------------------------
+
+expect_p = SiteHoldingPrimitive("ppl_expectation")
+expect_p.multiple_results = True
+
+
+def bind_expectation(closed, flat, select):
+    """``E(*args)`` inside an objective: one ``expect_p`` equation holding the staged objective.
+
+    Its constants become leading operands (so they get tangents); ``select`` resolves the
+    inner sites' estimators when ADEV's walk reaches the equation.
+    """
+    jaxpr = _compat.ClosedJaxpr(_compat.lift_consts(closed.jaxpr), [])
+    return expect_p.bind(*closed.consts, *flat, jaxpr=jaxpr, select=select)
+
+
+def _expect_abstract(*args, jaxpr, select):
+    return [v.aval for v in jaxpr.jaxpr.outvars]
+
+
+def _expect_impl(*args, jaxpr, select):
+    raise RuntimeError("a nested expectation was evaluated outside an objective; call "
+                       "expectation(objective).estimate(key, *args) at the top level")
+
+
+expect_p.def_abstract_eval(_expect_abstract)
+expect_p.def_impl(_expect_impl)
+_compat.register_lowering(expect_p, lambda ctx, *a, **kw: _expect_impl())
+
+
+def _expect_flatten(eqn, invals):
+    """Flattening keeps the equation: its program is flattened when ADEV's walk reaches it."""
+    return _compat.bind_eqn(eqn, invals)
+
+
+def _expect_sample(eqn, invals, key):
+    """Plain evaluation: one sample of the nested objective's value."""
+    return run(eqn.params["jaxpr"], invals, Sampler(key))
+
+
+def _expect_adev(eqn, key, duals, ctx):
+    """ADEV's rule: the nested objective's own dual estimate, from its own key."""
+    closed = eqn.params["jaxpr"]
+    flat = flatten(closed, [p for p, _ in duals])
+    outs, touts = adev_jvp(flat, key, [p for p, _ in duals], [t for _, t in duals], eqn.params["select"])
+    return list(zip(outs, touts))

@@ -38,7 +38,7 @@ from ppl._site import fmt_address, normalize_address
 
 from ._estimator import DualSite, Estimator, EstimatorError, Reparam, ScoreFunction
 from ._verdict import Analysis, SiteFacts, VerdictError, analyze
-from .adev import Sampler, adev_jvp, expect_p, flatten
+from .adev import Sampler, adev_jvp, bind_expectation, flatten
 
 __all__ = ["expectation", "Expectation", "Plan", "VerdictError"]
 
@@ -259,7 +259,7 @@ class Expectation:
             _, _, *flat_t = tangents
             mapping = jax.tree_util.tree_unflatten(est_tree, est_leaves)
             sel = self._selector(mapping)
-            jaxpr = _compat.ClosedJaxpr(_lift_consts(closed.jaxpr), [])
+            jaxpr = _compat.ClosedJaxpr(_compat.lift_consts(closed.jaxpr), [])
             fl = flatten(jaxpr, flat)
             record = []
             sel.record = record
@@ -298,8 +298,7 @@ class Expectation:
         closed, flat, out_tree = _stage(self.fn, args)
         mapping = self._mapping
         sel = self._selector(mapping)
-        outs = expect_p.bind(*closed.consts, *flat, jaxpr=_compat.ClosedJaxpr(_lift_consts(closed.jaxpr), []),
-                             select=sel)
+        outs = bind_expectation(closed, flat, sel)
         return jax.tree_util.tree_unflatten(out_tree, outs)
 
     def _verdict(self, fl, live, sel, record) -> Analysis:
@@ -320,7 +319,7 @@ class Expectation:
         """
         closed, flat, _ = _stage(self.fn, args)
         record: list = []
-        jaxpr = _compat.ClosedJaxpr(_lift_consts(closed.jaxpr), [])
+        jaxpr = _compat.ClosedJaxpr(_compat.lift_consts(closed.jaxpr), [])
         all_args = list(closed.consts) + list(flat)
         n_consts = len(closed.consts)
         live = [False] * n_consts + [jnp.issubdtype(jnp.result_type(a), jnp.inexact) for a in flat]
@@ -345,13 +344,6 @@ class Expectation:
         return Plan(rows, tuple(analysis.marks), nested)
 
 
-def _lift_consts(jaxpr):
-    """A jaxpr whose constvars become leading invars (so consts get tangents too)."""
-    from jax._src.interpreters import partial_eval as pe
-
-    return pe.convert_constvars_jaxpr(jaxpr)
-
-
 def expectation(fn=None, *, estimators=None, strict=False):
     """Mark ``fn`` as an objective program; see :class:`Expectation`.
 
@@ -366,18 +358,3 @@ def expectation(fn=None, *, estimators=None, strict=False):
         return lambda f: Expectation(f, estimators, strict)
     return Expectation(fn, estimators, strict)
 
-
-# --- the nested-expectation primitive's rules ------------------------------------------------------
-
-def _expect_abstract(*args, jaxpr, select):
-    return [v.aval for v in jaxpr.jaxpr.outvars]
-
-
-def _expect_impl(*args, jaxpr, select):
-    raise RuntimeError("a nested expectation was evaluated outside an objective; call "
-                       "expectation(objective).estimate(key, *args) at the top level")
-
-
-expect_p.def_abstract_eval(_expect_abstract)
-expect_p.def_impl(_expect_impl)
-_compat.register_lowering(expect_p, lambda ctx, *a, **kw: _expect_impl())
