@@ -6,7 +6,7 @@ import pytest
 
 from ppl.backends import alignment as AL
 
-from ..estimators._stat import Z
+from .._stats import Z
 
 
 def _two_envs(seed=0):

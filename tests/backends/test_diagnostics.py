@@ -1,7 +1,7 @@
 """ppl.backends.diagnostics against dense numpy eigendecompositions on small problems.
 
 Power iteration, Hutchinson's trace and SLQ's quadrature are checked in float64 against
-``np.linalg.eigh`` of ``jax.hessian``; Monte Carlo checks use the suite's z level (``_stat.Z``)
+``np.linalg.eigh`` of ``jax.hessian``; Monte Carlo checks use the suite's z level (``tests/_stats.py``'s ``Z``)
 with the estimator's exact standard error, and a power guard.
 """
 import jax
@@ -13,7 +13,7 @@ import pytest
 from ppl.backends import diagnostics as D
 from ppl.transforms.fit import fit
 
-from ..estimators._stat import Z
+from .._stats import Z
 
 
 def _logreg_problem(d_in=5, n=40, classes=3, seed=0):

@@ -27,7 +27,7 @@ from ppl.estimators import _draws
 from ppl.transforms import _threefry, expectation
 from ppl.transforms import cbo as C
 
-from ._stat import dual_site, hand_kont
+from ._fixtures import dual_site, hand_kont
 
 tfd = tfp.distributions
 GRID = 2 ** 23           # the float32 uniform's values

@@ -13,7 +13,7 @@ import ppl
 from ppl.estimators import ARM, LeaveOneOut, ScoreFunction
 from ppl.transforms import EstimatorError, expectation
 
-from ._stat import assert_biased, assert_unbiased, estimates, power_limit
+from .._stats import assert_biased, assert_unbiased, estimates, power_limit
 
 N = 4000
 

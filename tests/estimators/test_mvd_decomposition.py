@@ -18,7 +18,8 @@ from ppl.distributions import as_dist
 from ppl.estimators import MVD, MVD_FAMILIES
 from ppl.transforms import DualSite
 
-from ._stat import assert_unbiased, hand_kont, power_limit
+from .._stats import assert_unbiased, power_limit
+from ._fixtures import hand_kont
 
 pytestmark = pytest.mark.statistical
 N = 10000

@@ -11,7 +11,7 @@ import ppl
 from ppl.estimators import ARM, MVD, Baseline, DisARM, Enum, LeaveOneOut, Reparam, ScoreFunction
 from ppl.transforms import expectation
 
-from ._stat import assert_unbiased, estimates, power_limit
+from .._stats import assert_unbiased, estimates, power_limit
 
 pytestmark = pytest.mark.statistical
 

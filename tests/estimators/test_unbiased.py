@@ -18,7 +18,8 @@ from ppl.estimators import (ARM, MVD, Baseline, DisARM, EMABaseline, Enum, Estim
                             LeaveOneOut, Reparam, ScoreFunction, StraightThrough, estimator_dataclass)
 from ppl.transforms import expectation
 
-from ._stat import assert_biased, assert_unbiased, dual_site, enum_mean, estimates, hand_kont, power_limit
+from .._stats import assert_biased, assert_unbiased, estimates, power_limit
+from ._fixtures import dual_site, enum_mean, hand_kont
 
 tfd = tfp.distributions
 pytestmark = pytest.mark.statistical

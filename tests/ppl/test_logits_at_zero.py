@@ -19,7 +19,7 @@ from ppl.distributions import as_dist
 from ppl.estimators import ScoreFunction
 from ppl.transforms import expectation
 
-from ..estimators._stat import assert_biased, assert_unbiased, estimates
+from .._stats import assert_biased, assert_unbiased, estimates
 
 tfd = tfp.distributions
 

@@ -22,7 +22,7 @@ is ``jax.grad`` of that sum in float64, independent of every estimator, of ADEV 
 NumPyro's densities (the densities are ``jax.scipy.stats``'s).
 
 :func:`generate` draws a random program from a seed; :func:`check` runs one (the plan, the
-estimates, the statistical test of ``tests/estimators/_stat.py``); ``python -m
+estimates, the statistical test of ``tests/_stats.py``); ``python -m
 tests.transforms._program_gen -n 200`` runs many and prints the counts.
 """
 from __future__ import annotations
@@ -39,13 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
 from jax.scipy import stats as jst
-from jax.scipy.special import ndtri
 
 import ppl
 from ppl.estimators import ARM, MVD, Baseline, DisARM, Enum, LeaveOneOut, Reparam, ScoreFunction
 from ppl.transforms import expectation
 
-from ..estimators import _stat
+from .. import _stats
 
 # --- known bugs (fixed elsewhere): the generator kept away from them while they were True -------------
 #: ``lax.cond`` in the continuation of a site whose estimator calls it many times (Enum, MVD,
@@ -772,7 +771,7 @@ def verdict(plan):
     return "unverified" if "unverified" in text else "no"
 
 
-def check(prog, *, chunk=4000, max_chunks=8, seed=0, z=_stat.Z):
+def check(prog, *, chunk=4000, max_chunks=8, seed=0, z=_stats.Z):
     """Run one program: its plan, then (if the plan says "yes") estimates of the value and the
     gradient in chunks of ``chunk`` keys until the power guard holds (at most ``max_chunks``),
     against the exact ones. Returns a dict with ``status`` in {"pass", "fail", "low power",
@@ -795,7 +794,7 @@ def check(prog, *, chunk=4000, max_chunks=8, seed=0, z=_stat.Z):
     exact_all = np.concatenate([[ex_v], ex_g])
     res["exact"] = exact_all
     fn = jax.jit(jax.vmap(lambda k: jnp.concatenate([jnp.atleast_1d(a) for a in E.value_and_grad(k, theta)])))
-    limit = _stat.power_limit(exact_all)
+    limit = _stats.power_limit(exact_all)
     samples = []
     try:
         for i in range(max_chunks):
@@ -807,22 +806,18 @@ def check(prog, *, chunk=4000, max_chunks=8, seed=0, z=_stat.Z):
             if not np.all(np.isfinite(s)):
                 bad = np.unique(np.nonzero(~np.isfinite(s))[1])
                 return {**res, "status": "nonfinite", "n": s.shape[0], "error": f"non-finite estimates in components {bad}"}
-            mean, se = _stat.mean_se(s)
+            mean, se = _stats.mean_se(s)
             if np.all(se <= limit):
                 break
     except Exception as e:  # noqa: BLE001
         return {**res, "status": "crash", "error": f"estimate: {type(e).__name__}: {str(e)[:300]}"}
-    ok = np.abs(mean - exact_all) <= z * se + _stat.ATOL * (1 + np.abs(exact_all))
+    ok = _stats.within(s, exact_all, z)
     res.update(n=s.shape[0], mean=mean, se=se, z=z)
     if not np.all(se <= limit):
         return {**res, "status": "low power" if np.all(ok) else "fail"}
     return {**res, "status": "pass" if np.all(ok) else "fail"}
 
 
-def z_for(n_checks, p=_stat.P_SUITE):
-    """Bonferroni: the z at which ``n_checks`` two-sided component checks fail spuriously with
-    probability below ``p`` all together."""
-    return float(-ndtri(p / (2 * n_checks)))
 
 
 def describe(prog):
@@ -864,7 +859,7 @@ def describe(prog):
 def run_batch(seeds, *, z=None, chunk=4000, max_chunks=8, opts=None, verbose=False, out=sys.stdout):
     """Check the programs of ``seeds``; returns ``(counts, results)``."""
     seeds = list(seeds)
-    z = z if z is not None else z_for(max(1, 5 * len(seeds)))
+    z = z if z is not None else _stats.z_for(max(1, 5 * len(seeds)))
     counts, results = {}, []
     for sd in seeds:
         prog = generate(sd, opts)

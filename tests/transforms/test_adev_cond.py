@@ -10,7 +10,7 @@ of the mean.
 
 Every check compares with a closed form (Gaussian expectations of ``sin``, ``v^2``, ``v^4``
 and the branch probabilities). Values and gradients are tested for unbiasedness with the
-suite's statistics helpers (tests/estimators/_stat.py); forward mode (``E.jvp``) and reverse
+suite's statistics helpers (tests/_stats.py); forward mode (``E.jvp``) and reverse
 mode (``E.value_and_grad``) are compared key by key (the same estimate, so they must agree to
 rounding), which with the unbiasedness of one makes both unbiased.
 
@@ -30,7 +30,7 @@ import ppl
 from ppl.estimators import MVD, Enum
 from ppl.transforms import Reparam, ScoreFunction, expectation
 
-from ..estimators._stat import assert_biased, assert_unbiased, estimates, power_limit
+from .._stats import assert_biased, assert_unbiased, estimates, power_limit
 
 PRED = {"score": ScoreFunction(), "enum": Enum(), "mvd": MVD()}
 INNER = {"reparam": Reparam(), "score": ScoreFunction(), "mvd": MVD()}

@@ -16,7 +16,7 @@ import ppl
 from ppl.estimators import Reparam, ScoreFunction
 from ppl.transforms import expectation
 
-from ..estimators._stat import assert_biased, assert_unbiased, estimates, power_limit
+from .._stats import assert_biased, assert_unbiased, estimates, power_limit
 
 pytestmark = pytest.mark.statistical
 A = jnp.array([1.0, -0.5, 2.0])

@@ -5,11 +5,11 @@ Poisson, Geometric, Normal, Exponential, Gamma, Beta; parameters that depend on 
 values; arithmetic, comparisons, ``lax.cond``, ``lax.scan``), each random choice with a random
 valid estimator, and computes their expected value and its gradient exactly in float64
 (enumeration, truncated sums, Gauss-Legendre quadrature; ``jax.grad`` of that). For every
-program whose plan says "yes" the estimates must be unbiased (``tests/estimators/_stat.py``:
+program whose plan says "yes" the estimates must be unbiased (``tests/_stats.py``:
 Z standard errors, power guard); "unverified" programs are counted, nothing is asserted.
 
 - The default suite checks a fixed handful of programs (``DEFAULT_SEEDS``; their
-  ``1 + dim(theta)`` components count against ``_stat.N_CHECKS``), the exact evaluator
+  ``1 + dim(theta)`` components count against ``_stats.N_CHECKS``), the exact evaluator
   against closed forms, and a planted bias that the check must catch.
 - ``-m slow`` checks ``SLOW_N`` programs with a Bonferroni z for that many checks and
   reports the counts. From the command line:
@@ -25,7 +25,7 @@ from jax.scipy.special import ndtr
 
 from ppl.estimators import Estimator, estimator_dataclass
 
-from ..estimators import _stat
+from .. import _stats
 from . import _program_gen as G
 from ._program_gen import Cmp, Const, Op, Program, Sample, Theta, Var
 
@@ -211,7 +211,7 @@ def test_random_program_gradient_is_unbiased(seed):
 def test_many_random_programs():
     """SLOW_N programs (about 12 minutes on 2 busy CPU cores); Bonferroni z over all their checks."""
     seeds = range(SLOW_START, SLOW_START + SLOW_N)
-    z = G.z_for(5 * SLOW_N)
+    z = _stats.z_for(5 * SLOW_N)
     counts, results = G.run_batch(seeds, z=z)
     print(counts)
     bad = [(p, r) for p, r in results if r["status"] in ("fail", "crash", "nonfinite")]

@@ -10,7 +10,7 @@ import pytest
 import ppl
 from ppl.estimators import Baseline, ScoreFunction
 from ppl.transforms import expectation, implicit
-from tests.estimators._stat import assert_biased, assert_unbiased, estimates
+from .._stats import assert_biased, assert_unbiased, estimates
 
 A = jnp.array([[3.0, 0.5, 0.2], [0.5, 2.0, 0.1], [0.2, 0.1, 1.5]])
 C = jnp.array([1.0, -1.0, 0.5])

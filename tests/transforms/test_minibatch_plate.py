@@ -23,7 +23,7 @@ from ppl.transforms import expectation
 from ppl.transforms.fit import UnscaledMinibatchWarning, fit
 from ppl.transforms.objectives import elbo
 
-from ..estimators._stat import assert_biased, assert_unbiased, estimates, power_limit
+from .._stats import assert_biased, assert_unbiased, estimates, power_limit
 
 N, B, D, SIG, PRIOR = 256, 32, 3, 0.5, 1.0
 _rng = np.random.default_rng(0)

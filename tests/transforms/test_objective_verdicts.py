@@ -30,7 +30,7 @@ from ppl.models.conjugate import NormalNormal, TwoCoins
 from ppl.transforms import EstimatorError, VerdictError, expectation
 from ppl.transforms import objectives as O
 
-from ..estimators._stat import assert_biased, assert_unbiased, estimates, power_limit
+from .._stats import assert_biased, assert_unbiased, estimates, power_limit
 
 pytestmark = pytest.mark.statistical
 

@@ -1,10 +1,9 @@
 """The objective library: reduction identities, bounds on conjugate models, unbiased gradients.
 
-Statistical tests follow STYLE.md: N independent estimates from split fixed keys (one
-``jit(vmap(...))`` per test), ``|mean - exact| <= Z * stderr`` with ``Z = 6`` (two-sided tail
-2e-9 per scalar check; the suite makes fewer than 200 such checks, so it fails spuriously
-with probability below 1e-6), a power guard (a maximum standard error stated per test) and
-a deliberately biased negative control that must fail the same check.
+Statistical tests use the suite's statistics (``tests/_stats.py``): N independent estimates
+from split fixed keys (one ``jit(vmap(...))`` per test), ``|mean - exact| <= Z * stderr`` with Z
+from the suite-wide Bonferroni budget, a power guard (a maximum standard error stated per test)
+and a deliberately biased negative control that must fail the same check.
 """
 import itertools
 import math
@@ -25,33 +24,14 @@ from ppl.transforms import objectives as O
 from ppl.transforms.fit import fit
 from ppl.transforms.vi import SIR, density, sim
 
-Z = 6.0
-pytestmark = pytest.mark.statistical
+from .._stats import Z, assert_unbiased, consistent, estimates, mean_se
 
-# --- statistics ------------------------------------------------------------------------------
+pytestmark = pytest.mark.statistical
 
 
 def draws(fn, key, n):
-    """``n`` independent outputs of ``fn(key)`` (a pytree), from split keys, jit+vmap."""
-    return jax.jit(jax.vmap(fn))(jax.random.split(key, n))
-
-
-def mean_se(x):
-    x = np.asarray(x, np.float64)
-    return x.mean(0), x.std(0, ddof=1) / math.sqrt(x.shape[0])
-
-
-def consistent(x, exact, z=Z):
-    """Whether every component of the sample mean of ``x`` is within ``z`` stderr of ``exact``."""
-    m, se = mean_se(x)
-    return bool(np.all(np.abs(m - np.asarray(exact, np.float64)) <= z * se))
-
-
-def assert_unbiased(x, exact, max_se, what):
-    m, se = mean_se(x)
-    exact = np.asarray(exact, np.float64)
-    assert np.all(se <= max_se), f"{what}: power guard, stderr {se} > {max_se}"
-    assert consistent(x, exact), f"{what}: mean {m} vs exact {exact} (stderr {se}, z={Z})"
+    """``n`` independent outputs of ``fn(key)`` (a pytree), from keys split from ``key``."""
+    return estimates(fn, n, key=key)
 
 
 def flat_grad(g):

@@ -18,7 +18,7 @@ import ppl
 from ppl.estimators import MVD, Enum, GumbelSoftmax, ScoreFunction
 from ppl.transforms import VerdictError, expectation
 
-from ..estimators._stat import assert_unbiased, estimates
+from .._stats import assert_unbiased, estimates
 
 tfd = tfp.distributions
 T = 0.5

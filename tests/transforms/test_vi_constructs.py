@@ -19,7 +19,7 @@ from ppl.estimators import Enum
 from ppl.transforms import expectation
 from ppl.transforms import objectives as O
 from ppl.transforms.vi import SIR, Marginal, density
-from tests.estimators._stat import assert_biased, assert_unbiased, estimates
+from .._stats import assert_biased, assert_unbiased, estimates
 
 ENUM = Enum(batch_size=64)  # every value's continuation in one vmap: the cheapest to compile here
 

@@ -1,4 +1,4 @@
-"""Smoke-run the issue-6 examples (implicit, CBO, ODICE) in a subprocess with tiny flags."""
+"""Smoke-run the implicit-differentiation, CBO and ODICE examples in a subprocess with tiny flags."""
 import os
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Smoke tests of the examples of issue 4 (the noisy cone of Becker et al. 2024, Table 4)."""
+"""Smoke tests of examples/noisy_cone.py (the noisy cone of Becker et al. 2024, Table 4)."""
 import os
 import subprocess
 import sys
