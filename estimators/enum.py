@@ -28,11 +28,11 @@ class Enum(Estimator):
     none (zero variance when it is the only random choice); the cost grows as ``K^n``.
 
     ``batch_size``: how many continuation calls run together (``lax.map``'s ``batch_size``).
-    The default 2 vmaps pairs: a Bernoulli site's two calls become one vmapped call, 3x faster
-    than one at a time when the continuation is many small operations (AIR's presence sites),
-    and a large continuation costs about K evaluations either way on the CPU. Vmapping more
-    than a few calls of a large continuation costs up to 1.9x K evaluations there
-    (BENCHMARKS.md, enumeration); ``batch_size=1`` runs the calls one after another in a loop
+    The default 2 vmaps pairs: a Bernoulli site's two calls become one vmapped call, much
+    faster than one at a time when the continuation is many small operations (AIR's presence
+    sites), while a large continuation costs about K evaluations either way on the CPU;
+    vmapping more than a few calls of a large continuation costs more than K evaluations there
+    (measured in BENCHMARKS.md, ADEV overhead, Enumeration); ``batch_size=1`` runs the calls one after another in a loop
     (least memory), ``batch_size >= K^n`` vmaps all of them. The same option exists on MVD,
     LeaveOneOut, ARM and DisARM.
     """

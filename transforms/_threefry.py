@@ -3,7 +3,8 @@
 On CPU, JAX lowers its Threefry-2x32 hash as a rolled loop (five iterations of four rounds,
 for compile speed); each iteration materializes the whole array, which makes random bits about
 ten times slower than the same hash unrolled into one elementwise fusion. Particle methods that
-draw ``N * d`` normals per step (CBO) spend most of their time there.
+draw ``N * d`` normals per step (CBO) spend most of their time there. The core reaches these
+functions through ``_xla_cpu`` (which uses them on XLA:CPU only and says what they buy).
 
 :func:`normal`, :func:`bits` and :func:`split` compute the same functions as
 ``jax.random.normal(key, shape, float32)``, ``jax.random.bits`` and ``jax.random.split`` for

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _threefry
+from . import _xla_cpu
 
 __all__ = ["CBO", "CBOConfig", "Termination", "CBOState", "CBOInfo", "Reason", "consensus",
            "ISOTROPIC", "ANISOTROPIC", "GAUSSIAN", "RADEMACHER"]
@@ -148,8 +148,8 @@ class CBO:
       stochastic: the objective takes a key first.
       increments: ``GAUSSIAN`` (Euler-Maruyama, as in CBXpy) or ``RADEMACHER``: random signs
         with the same mean and covariance, the simplified weak Euler scheme (same weak order 1
-        in dt). It skips the normal transform (``erf_inv``) of each draw: about 20% of a step
-        at d=10 on CPU, 1.3-2.6x faster steps at d=2 (BENCHMARKS.md, CBO).
+        in dt). It skips the normal transform (``erf_inv``) of each draw, a sizeable part of a
+        step on CPU (measured in BENCHMARKS.md, CBO).
     """
 
     objective: Callable = dataclasses.field(metadata=dict(static=True))
@@ -181,7 +181,7 @@ class CBO:
         return jax.tree_util.tree_leaves(self.data)[0].shape[0]
 
     def _energies(self, key, x, axis=0):
-        k_obj, k_data = _threefry.split(key)
+        k_obj, k_data = _xla_cpu.split(key)
         args = ()
         if self.data is not None:
             batch = self.data
@@ -255,18 +255,15 @@ class CBO:
     def step(self, key, state: CBOState) -> tuple[CBOState, CBOInfo]:
         """One CBO step: evaluate, form the consensus, move every particle, anneal alpha."""
         n, d = state.x.shape
-        new, info = self._step_flat(key, state._replace(x=state.x.T.reshape(-1)), (d, n))
-        return new._replace(x=new.x.reshape(d, n).T), info
+        new, info = self._step_flat(key, state._replace(x=_xla_cpu.to_coordinate_major(state.x)), (d, n))
+        return new._replace(x=_xla_cpu.from_coordinate_major(new.x, n, d)), info
 
     def _step_flat(self, key, state: CBOState, shape) -> tuple[CBOState, CBOInfo]:
-        # `step` on a state whose particles are stored flat and coordinate-major,
-        # x = x.T.reshape(-1) of shape (d * N,), viewed as (d, N) where needed. XLA:CPU emits
-        # elementwise work over the minor axis, which with (N, d) is the short d: here the
-        # particle move (noise draw included) runs over one flat axis and the objective,
-        # vmapped over axis 1 of (d, N), over N particles with its reduction over the major
-        # axis. `minimize` carries this layout.
+        # `step` on a state whose particles are stored flat and coordinate-major
+        # (_xla_cpu.to_coordinate_major: shape (d * N,), viewed as (d, N) where needed; why,
+        # and what it buys, in _xla_cpu). `minimize` carries this layout.
         cfg = self.config
-        k_sel, k_eval, k_noise = _threefry.split(key, 3)
+        k_sel, k_eval, k_noise = _xla_cpu.split(key, 3)
         d, n = shape
         x = state.x.reshape(shape)
         if self.particle_batch_size is None:
@@ -318,11 +315,8 @@ class CBO:
 def _increments(key, shape, dtype, kind):
     size = math.prod(shape)
     if kind == GAUSSIAN:
-        # The same numbers as jax.random.normal(key, (size,)), with the Threefry hash unrolled
-        # (JAX's CPU lowering rolls it into a loop, ~5x slower); a flat draw because XLA:CPU
-        # compiles the partitionable threefry for 2-D shapes very slowly.
-        return _threefry.normal(key, (size,), dtype).reshape(shape)
-    words = _threefry.bits(key, (-(-size // 32),))
+        return _xla_cpu.normal(key, shape, dtype)   # jax.random.normal's numbers
+    words = _xla_cpu.bits(key, (-(-size // 32),))
     bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
     return (2.0 * bits.reshape(-1)[:size].astype(dtype) - 1.0).reshape(shape)
 
@@ -346,7 +340,7 @@ def _reason(cbo: CBO, state: CBOState, term: Termination):
 
 @jax.jit
 def _minimize(cbo: CBO, key, x0, term: Termination):
-    k_init, k_run = _threefry.split(key)
+    k_init, k_run = _xla_cpu.split(key)
     state = cbo.init(k_init, x0)
 
     def cond(carry):
@@ -356,7 +350,7 @@ def _minimize(cbo: CBO, key, x0, term: Termination):
     def body(step):
         def run(carry):
             key, state = carry
-            key, sub = _threefry.split(key)
+            key, sub = _xla_cpu.split(key)
             old_best = state.best_energy
             state, _ = step(sub, state)
             improved = state.best_energy < old_best - term.min_delta
@@ -365,7 +359,7 @@ def _minimize(cbo: CBO, key, x0, term: Termination):
 
     n, d = state.x.shape
     step = lambda k, st: cbo._step_flat(k, st, (d, n))   # see _step_flat for the layout
-    flat = state._replace(x=state.x.T.reshape(-1))
+    flat = state._replace(x=_xla_cpu.to_coordinate_major(state.x))
     _, state = jax.lax.while_loop(cond, body(step), (k_run, flat))
-    state = state._replace(x=state.x.reshape(d, n).T)
+    state = state._replace(x=_xla_cpu.from_coordinate_major(state.x, n, d))
     return state, _reason(cbo, state, term)

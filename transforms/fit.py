@@ -15,7 +15,8 @@ for an objective ``E = expectation(...)``). ``params`` is any pytree.
   and the parameters whose gradient is not finite; the state it carries (and the checkpoint
   written) is the last good one.
 - ``compiler_options`` go to ``jax.jit`` of the chunk (XLA options for this compile only);
-  :data:`CPU_FUSED_DOTS` is the one that pays for models made of many small matrix products.
+  :data:`CPU_FUSED_DOTS` (XLA:CPU) is the one that pays for models made of many small matrix
+  products (``transforms/_xla_cpu.py`` says what it buys).
 """
 from __future__ import annotations
 
@@ -33,20 +34,16 @@ import optax
 
 from ppl._plate import record_sites
 
-from . import _checkpoint, _sharding
+from . import _checkpoint, _sharding, _xla_cpu
 from ._checkpoint import CheckpointError
 
 __all__ = ["FitState", "Kernel", "kernel", "fit", "FitResult", "NonFiniteError", "CheckpointError",
            "save_checkpoint", "load_checkpoint", "peek_checkpoint", "CPU_FUSED_DOTS",
            "UnscaledMinibatchWarning"]
 
-#: XLA:CPU option (``fit(..., compiler_options=CPU_FUSED_DOTS)``, or ``jax.jit``'s own
-#: ``compiler_options``): YNNPACK takes each matrix product together with the elementwise
-#: operations around it, so a step runs fewer, larger kernels. Same values up to float
-#: rounding. Measured (BENCHMARKS.md): AIR's value-and-gradient (dozens of small products)
-#: 8-28% faster at batch 64-128; the VAE's 784x200 products 0-5% slower. XLA calls the option
-#: experimental; a jaxlib without it fails at compile time with "No such compile option".
-CPU_FUSED_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+#: XLA:CPU option for models made of many small matrix products
+#: (``fit(..., compiler_options=CPU_FUSED_DOTS)``); what it buys and where: ``_xla_cpu``.
+CPU_FUSED_DOTS = _xla_cpu.CPU_FUSED_DOTS
 
 save_checkpoint = _checkpoint.save
 load_checkpoint = _checkpoint.load
