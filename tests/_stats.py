@@ -31,7 +31,7 @@ def z_for(n_checks, p=P_SUITE):
     return float(-ndtri(p / (2 * n_checks)))
 
 
-Z = z_for(N_CHECKS)  # about 6.15
+Z = z_for(N_CHECKS)  # about 6.11
 
 
 def power_limit(exact, frac=0.06):

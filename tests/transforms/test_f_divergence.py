@@ -21,7 +21,7 @@ from ppl.estimators import ScoreFunction
 from ppl.transforms import EstimatorError, VerdictError, expectation
 from ppl.transforms import objectives as O
 
-from ..estimators._stat import assert_biased, assert_unbiased, estimates, power_limit
+from .._stats import assert_biased, assert_unbiased, estimates, power_limit
 
 DIVS = [O.REVERSE_KL, O.FORWARD_KL, O.JENSEN_SHANNON, O.HELLINGER, O.JEFFREYS, O.NEYMAN]
 PSI = jnp.array(0.5)               # the model N(psi, 1)
