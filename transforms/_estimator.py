@@ -53,6 +53,12 @@ class DualSite:
         self.site = site
         self.tangents = tuple(tangents)
         self.rest_is_random = rest_is_random
+        self.facts = None  # the plan's record of this site (set by expectation's selector)
+
+    def note_plate(self, applies: bool, text: str):
+        """Tell the plan whether the estimator used the site's plate (per element) and how."""
+        if self.facts is not None:
+            self.facts.plate = (applies, text)
 
     def split_key(self, key):
         """``(key for this site's draws, key for the continuation)``.
@@ -159,16 +165,47 @@ class ScoreFunction(Estimator):
     Identity: ``d/dt E_{p_t}[k(x)] = E[ d/dt k(x) + k(x) d/dt log p_t(x) ]`` with ``x``
     held fixed. One call of the continuation; works for any distribution with a density.
 
+    Inside ``ppl.plate``, when the rest of the objective is provably ``c + sum_i h_i(x_i)``
+    along the plate (``ppl.transforms._plate_split``: e.g. an ELBO whose per-element log
+    densities are summed), each element's score multiplies only its own terms
+    (Rao-Blackwellization along the plate, as Pyro's ``TraceGraph_ELBO``):
+    ``d k(x) + sum_i (h_i(x_i) + c / n) d log p_t(x_i)``. Unbiased because
+    ``E[d log p_t(x_i)] = 0`` and ``x_i`` is independent of ``c`` and of ``h_j``, ``j != i``;
+    still one call of the continuation. ``plates=False`` keeps the plain rule; the plan says
+    which one ran.
+
     Variance: grows with ``Var[k]``; subtract a baseline (``ppl.estimators.Baseline``,
-    ``EMABaseline``, ``LeaveOneOut``) to reduce it.
+    ``EMABaseline``, ``LeaveOneOut``) to reduce it. Along a plate the other elements' terms
+    no longer multiply element ``i``'s score; ``c`` (which includes minus a ``Baseline``'s
+    value ``b``) is shared evenly, so ``b`` close to ``E[k]`` centres every element's term.
     """
+
+    plates: bool = static(default=True)
 
     def jvp(self, key, site, kont):
         k1, k2 = site.split_key(key)
         d = site.dist()
         x = d.sample(k1)
+        if site.has_tangent:
+            from ._plate_split import per_element
+
+            pe = per_element(site, kont, k2, x, "ScoreFunction", self.plates)
+            if pe is not None:
+                site.note_plate(True, f"plate {pe.plate.name!r}: per element (each element's score "
+                                      "times its own terms)")
+                base, dout, pout, pdout = pe.terms(x)
+                _, dlp = site.jvp(lambda dd: pe.by_element(dd.sampling_log_prob(x)))
+                out = [(b + jnp.sum(p, 0)).astype(b.dtype) for b, p in zip(base, pout)]
+                # element i's score times h_i + c / n: c (the part not depending on the site,
+                # minus a Baseline's value) shared evenly, so a baseline b ~ E[k] centres the terms
+                dout = [(db + jnp.sum(pd, 0) + jnp.tensordot(dlp, p + b / pe.n, axes=1)).astype(db.dtype)
+                        for db, pd, p, b in zip(dout, pdout, pout, base)]
+                return out, dout
         _, dlp = site.jvp(lambda dd: jnp.sum(dd.sampling_log_prob(x)))
         out, dout = kont(k2, x, None)
         if dlp is None:
             return out, dout
         return out, tree_axpy(dlp, out, dout)
+
+    def describe(self):
+        return "ScoreFunction" if self.plates else "ScoreFunction(plates=False)"

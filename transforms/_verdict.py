@@ -113,6 +113,7 @@ class SiteFacts:
     continuous: bool          # the distribution is not discrete
     params_live: bool = False  # some parameter had a tangent
     pathwise: bool = False     # the estimator handed the continuation a tangent for the value
+    plate: tuple = None        # (per element?, what the estimator did with the site's plate)
 
 
 @dataclasses.dataclass(frozen=True)

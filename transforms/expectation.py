@@ -120,6 +120,7 @@ class _Selector:
         if self.record is not None:  # the distribution's name now: its parameters are traced values
             self.record.append((site, est, site.dist().name))
         f.params_live = f.params_live or site.has_tangent
+        site.facts = f
         return _Watch(est, f)
 
 
@@ -152,6 +153,8 @@ class Plan:
         out.insert(1, "  ".join("-" * w for w in widths))
         for r in self.rows:
             out += [f"{r['address']}: unverified: {f}" for f in r["findings"]]
+            if r.get("plate"):
+                out.append(f"{r['address']}: {r['plate']}")
         out += [f"nested expectation: unverified: {f}" for f in self.nested]
         out += [f"objective: {kind.upper()}: {reason}" for kind, reason in self.objective]
         kinds = {k for k, _ in self.objective}
@@ -169,7 +172,7 @@ class Plan:
     __repr__ = __str__
 
 
-def _rows(record, analysis: Analysis):
+def _rows(record, analysis: Analysis, facts=None):
     rows, seen = [], set()
     for site, est, dist_name in record:
         key = (site.addr, id(site.site.treedef), type(est).__name__)
@@ -178,9 +181,12 @@ def _rows(record, analysis: Analysis):
         seen.add(key)
         findings = tuple(str(f) for f in analysis.findings.get(site.name, ()))
         verdict = "NO (biased)" if not est.unbiased else "unverified" if findings else "yes"
+        plate = getattr((facts or {}).get(site.addr), "plate", None)
+        described = est.describe() + ("" if plate is None else " (per element)" if plate[0] else " (joint)")
         rows.append({"address": site.name, "distribution": dist_name, "shape": site.site.value_shape,
-                     "estimator": est.describe(), "unbiased": verdict == "yes", "verdict": verdict,
-                     "findings": findings if verdict == "unverified" else ()})
+                     "estimator": described, "unbiased": verdict == "yes", "verdict": verdict,
+                     "findings": findings if verdict == "unverified" else (),
+                     "plate": None if plate is None else plate[1]})
     return tuple(rows)
 
 
@@ -338,7 +344,7 @@ class Expectation:
         fl, sel = seen[0]
         analysis = analyze(fl, live, sel.facts)
         _raise_violations(analysis)
-        rows = _rows(record, analysis)
+        rows = _rows(record, analysis, sel.facts)
         shown = {r["address"] for r in rows}
         nested = tuple(str(f) for a, fs in analysis.findings.items() if a not in shown for f in fs)
         return Plan(rows, tuple(analysis.marks), nested)
