@@ -36,6 +36,11 @@ def _needs(name):
     """Why ``name`` cannot run here, or None."""
     if name == "air_pyro" and not (ROOT / ".venv-bench" / "bin" / "python").exists():
         return "needs the Pyro venv .venv-bench (see bench/bench_air_pyro.py)"
+    if name == "plate_mixture":
+        try:
+            import funsor  # noqa: F401  (NumPyro's TraceEnum_ELBO needs it)
+        except ImportError:
+            return "needs funsor for NumPyro's TraceEnum_ELBO (pip install -c constraints.txt -e '.[bench]')"
     if name == "vae_ll":
         mnist = os.environ.get("PPL_MNIST_DIR", str(ROOT.parent / "shared" / "data" / "mnist"))
         if not pathlib.Path(mnist).is_dir():
