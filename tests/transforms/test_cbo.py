@@ -163,6 +163,12 @@ def test_minibatched_data_particle_subsets_and_stochastic_objectives(key):
     cbo = C.CBO(data_loss, cfg, data=data, data_batch_size=16, particle_batch_size=8)
     state, _ = cbo.minimize(key, particles(5), C.Termination(max_steps=200))
     assert int(state.num_evals) == N + 200 * 8
+    # A coarse check that the run went from ~3 away to the minimizer's neighbourhood, not a
+    # convergence tolerance: with sigma = 0.3 the isotropic noise vanishes as the ensemble
+    # contracts, and it collapses before reaching (1, 1). Measured from these particles over
+    # 128 keys (2026-11-30): final consensus mean (0.80, 0.69), sd 0.07-0.08, max-norm error
+    # median 0.31, max 0.72 (the same after 1000 steps; full data and all particles: mean
+    # (0.92, 0.85)). So 0.3 holds for this fixed key and for about half of all keys.
     np.testing.assert_allclose(state.consensus, [1.0, 1.0], atol=0.3)
 
     def noisy(k, x):
@@ -170,6 +176,8 @@ def test_minibatched_data_particle_subsets_and_stochastic_objectives(key):
 
     state, _ = C.CBO(noisy, cfg, stochastic=True).minimize(
         key, particles(6), C.Termination(max_steps=200))
+    # Measured from these particles over 256 keys (2026-11-30): max-norm error median 0.031,
+    # 99% quantile 0.069, max 0.096, so 0.1 holds for every key measured.
     np.testing.assert_allclose(state.consensus, [0.0, 0.0], atol=0.1)
 
 
