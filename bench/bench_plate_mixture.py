@@ -11,12 +11,15 @@ marginal likelihood of y given locs, reported for scale). Step = one jitted valu
 of the negative ELBO in all parameters; median of ``--reps`` calls after compilation, the
 libraries interleaved over ``--rounds`` rounds, all in this one run.
 
-Also printed: ppl's gradient cost relative to one evaluation of the objective (the same jitted
-``E.estimate``, one sample of every choice) at the same N, which the per-element enumeration
-keeps within about K = 2 evaluations; and that the joint enumeration (``Enum(plates=False)``)
-is refused at this N (2^N values).
+Also printed: ppl's gradient cost relative to one evaluation of the objective at the same N,
+two ways: the same jitted ``E.estimate`` (one sample of every choice, the per-point
+Categorical draws included) and the objective's integrand at fixed choices (what one call of
+the continuation computes, without sampling); the per-element enumeration's K = 2 calls
+should keep the gradient within about K of it. And that the joint enumeration
+(``Enum(plates=False)``) is refused at this N (2^N values).
 
     .venv/bin/python bench/bench_plate_mixture.py            # N = 200 (recorded)
+    .venv/bin/python bench/bench_plate_mixture.py --n 20000 --reps 20   # where the arithmetic dominates
     .venv/bin/python bench/bench_plate_mixture.py --quick    # smaller and fewer repetitions
 """
 from __future__ import annotations
@@ -69,6 +72,12 @@ def ppl_guide(p):
 def neg_elbo(y, p):
     q = sim(ppl_guide, p)
     return q.score - density(ppl_model, q.choices, y)
+
+
+def integrand(y, p, choices):
+    """One evaluation of what Enum's continuation computes: the negative ELBO's integrand at
+    given choices (no sampling)."""
+    return density(ppl_guide, choices, p) - density(ppl_model, choices, y)
 
 
 # --- NumPyro ------------------------------------------------------------------------------------
@@ -133,6 +142,8 @@ def main(argv=None):
     print(E.plan(y, p))
     ppl_grad = jax.jit(lambda k, pp: E.value_and_grad(k, y, pp, argnums=1))
     ppl_eval = jax.jit(lambda k, pp: E.estimate(k, y, pp))
+    fixed = {"locs": p["m"], "z": (y > 0).astype(jnp.int32)}
+    ppl_integrand = jax.jit(lambda k, pp: integrand(y, pp, fixed))
     np_guide_step, np_p = numpyro_step(np_model, np_guide, y, p)
     np_model_step, np_pm = numpyro_step(np_model, np_guide_locs_only, y, p)
     try:
@@ -150,7 +161,8 @@ def main(argv=None):
     rows = {"ppl Enum per element (guide z)": (ppl_grad, (key, p)),
             "NumPyro TraceEnum_ELBO (guide z enumerated)": (np_guide_step, (key, np_p)),
             "NumPyro TraceEnum_ELBO (model z marginalized)": (np_model_step, (key, np_pm)),
-            "ppl one evaluation (E.estimate)": (ppl_eval, (key, p))}
+            "ppl one evaluation (E.estimate)": (ppl_eval, (key, p)),
+            "ppl one evaluation at fixed choices": (ppl_integrand, (key, p))}
     times = {name: [] for name in rows}
     for _ in range(a.rounds):
         for name, (f, args) in rows.items():
@@ -163,8 +175,9 @@ def main(argv=None):
     print(f"{'':48s} {'step (us)':>10s} {'/ ppl step':>11s}")
     for name, t in med.items():
         print(f"{name:48s} {t * 1e6:10.1f} {t / base:11.2f}")
-    print(f"\nppl gradient / one evaluation: {base / med['ppl one evaluation (E.estimate)']:.2f} "
-          "(value and gradient with per-element enumeration, against one sampled evaluation)")
+    print(f"\nppl gradient / one evaluation: {base / med['ppl one evaluation (E.estimate)']:.2f} against "
+          f"one sampled evaluation of the objective, {base / med['ppl one evaluation at fixed choices']:.2f} "
+          "against one evaluation of its integrand at fixed choices (value and gradient, Enum per element)")
     print(f"negative ELBO, mean of 100 draws: ppl {v_ppl:.3f}, NumPyro (guide enumerated) {v_np:.3f}")
     print(f"joint enumeration, Enum(plates=False) at N = {a.n}: {joint}")
 

@@ -91,7 +91,7 @@ class Enum(Estimator):
         return EstimatorError(
                 f"Enum at site {site.name!r}: the joint support of {d.name} over its {n} independent "
                 f"elements (shape {d.element_shape}: batch dimensions and any reinterpreted by "
-                f".to_event) has {k}^{n} = {size} values, more than max_size={self.max_size}. Raise "
+                f".to_event) has {k}^{n}{f' = {size}' if size < 10 ** 18 else ''} values, more than max_size={self.max_size}. Raise "
                 "Enum(max_size=...), split the site into smaller ones, or use a sampling estimator "
                 "(ScoreFunction, LeaveOneOut, MVD, ARM/DisARM for Bernoulli)." + why)
 

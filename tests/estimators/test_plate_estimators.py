@@ -18,7 +18,7 @@ from ppl.transforms._estimator import estimator_dataclass
 from ppl.transforms._plate_split import per_element
 from ppl.transforms.vi import density, sim
 
-from ._stat import assert_biased, assert_unbiased, estimates, power_limit
+from .._stats import assert_biased, assert_unbiased, estimates, power_limit
 
 PRIOR = np.array([0.4, -0.3])   # mixture weights' logits
 SCALE = 0.8                      # each component's sd
@@ -193,7 +193,7 @@ def _grad_variance(est, n, draws=400):
 
 def test_rao_blackwellized_score_function_has_lower_variance():
     """At N = 20 points each element's score no longer multiplies the other 19 points' terms:
-    the gradient's total variance falls (measured: by a factor of about 30); the margin asks
+    the gradient's total variance falls (measured: by a factor of about 280); the margin asks
     for a factor of 4. Negative control: with one point there is nothing to drop, the two
     estimators are the same, and the same inequality fails."""
     rb, plain = _grad_variance(ScoreFunction(), 20), _grad_variance(ScoreFunction(plates=False), 20)
