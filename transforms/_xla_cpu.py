@@ -2,16 +2,18 @@
 
 Every piece keeps results the same (bit for bit, or up to float rounding where said) and is kept
 because it pays on XLA:CPU. Numbers: interleaved A/B in one process on the project's 2-core CPU
-machine, JAX 0.10.2 (BENCHMARKS.md, section "XLA:CPU-specific tuning", with dates and loads).
+machine, JAX 0.10.2; ``.venv/bin/python bench/bench_xla_cpu.py`` switches each piece off and on
+(2026-11-30, on / off: 0.31-0.36 for a 4M normal draw, 0.49 / 0.67 for a CBO run at d=2 / 10,
+0.92 for AIR's value-and-gradient at batch 64). BENCHMARKS.md, section "XLA:CPU-specific
+tuning", has those and the measurements made when each piece was adopted (below).
 
-1. Fused dots, :data:`CPU_FUSED_DOTS` (``fit(..., compiler_options=CPU_FUSED_DOTS)``, or
-   ``jax.jit``'s ``compiler_options``; :func:`fused_dots_options` gives it on CPU and ``None``
-   elsewhere). YNNPACK takes each matrix product together with the elementwise operations
+1. Fused dots, :data:`CPU_FUSED_DOTS` (public as ``fit.CPU_FUSED_DOTS``:
+   ``fit(..., compiler_options=CPU_FUSED_DOTS)``, or ``jax.jit``'s ``compiler_options``). YNNPACK takes each matrix product together with the elementwise operations
    around it, so a step runs fewer, larger kernels; same values up to float rounding. AIR's
    value-and-gradient (dozens of small products): 358 instead of 431 fusions, 0.72-0.92x the
    time at batch 64-128 (``bench/bench_air_pyro.py``, ``--no-fused-dots`` for the A/B). The
    VAE's 784x200 products run 0-5% slower with it, so it is opt-in per compile
-   (``models.air.compiler_options()`` turns it on for AIR). Backend: XLA:CPU only (an XLA:CPU
+   (``models.air.compiler_options()`` gives it for AIR on CPU, ``None`` elsewhere). Backend: XLA:CPU only (an XLA:CPU
    option; XLA calls it experimental, and a jaxlib without it fails at compile time with "No
    such compile option").
 2. Unrolled Threefry, :func:`split`, :func:`normal`, :func:`bits` (the hash is in
@@ -35,15 +37,10 @@ import jax
 
 from . import _threefry
 
-__all__ = ["CPU_FUSED_DOTS", "fused_dots_options", "split", "normal", "bits",
+__all__ = ["CPU_FUSED_DOTS", "split", "normal", "bits",
            "to_coordinate_major", "from_coordinate_major"]
 
 CPU_FUSED_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
-
-
-def fused_dots_options() -> dict | None:
-    """:data:`CPU_FUSED_DOTS` (a fresh copy) when JAX's default backend is the CPU, else ``None``."""
-    return dict(CPU_FUSED_DOTS) if jax.default_backend() == "cpu" else None
 
 
 def _on_cpu() -> bool:
