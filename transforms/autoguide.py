@@ -180,9 +180,13 @@ class _Prototype(Handler):
 
 
 def _discrete_family(site, d, who):
-    fam = d.family
-    if fam in ("Bernoulli", "Categorical") and not site.batch:
-        return fam
+    base = d.base
+    while isinstance(base, (nd.Independent, nd.ExpandedDistribution)):  # .to_event, .expand
+        base = base.base_dist
+    for fam, classes in (("Bernoulli", (nd.BernoulliLogits, nd.BernoulliProbs)),
+                         ("Categorical", (nd.CategoricalLogits, nd.CategoricalProbs))):
+        if isinstance(base, classes) and not site.batch:
+            return fam
     raise AutoGuideError(
         f"{who}: site {site.name!r} is discrete ({d.name}); autoguides give a learnable mean-field "
         "factor only to Bernoulli and Categorical sites (not vmapped). Marginalize it in the model, "
@@ -302,7 +306,7 @@ class AutoGuide:
         return self.estimators.get(s.name)
 
     def _discrete(self, s, params):
-        logits = params["logits"][s.name]
+        logits = _param(params, "logits", s, type(self).__name__)
         d = nd.Bernoulli(logits=logits) if s.family == "Bernoulli" else nd.Categorical(logits=logits)
         return _in_plates(s.plates, lambda: sample(s.addr, d, estimator=self._estimator(s)))
 
@@ -328,7 +332,20 @@ class AutoGuide:
 
 
 def _num_categories(s):
-    return int(s.support.upper_bound) + 1
+    c = s.support
+    while isinstance(c, nd.constraints.independent):
+        c = c.base_constraint
+    return int(np.max(np.asarray(c.upper_bound))) + 1
+
+
+def _param(params, group, s, who):
+    """``params[group][s.name]``, or an error saying what the parameters should look like."""
+    try:
+        return params[group][s.name]
+    except (KeyError, TypeError, IndexError):
+        raise AutoGuideError(
+            f"{who}: the parameters have no {group}[{s.name!r}]. Pass the pytree that guide.init "
+            "returned (or one of the same structure, e.g. fit's result.params).") from None
 
 
 class AutoNormal(AutoGuide):
@@ -357,7 +374,8 @@ class AutoNormal(AutoGuide):
             if s.discrete:
                 self._discrete(s, params)
                 continue
-            loc, scale = params["loc"][s.name], jax.nn.softplus(params["scale"][s.name])
+            loc = _param(params, "loc", s, "AutoNormal")
+            scale = jax.nn.softplus(_param(params, "scale", s, "AutoNormal"))
             base = nd.Normal(loc, scale).to_event(len(s.ushape) - s.batch_ndim)
             d = base if _is_identity(s.transform) else nd.TransformedDistribution(base, s.transform)
             _in_plates(s.plates, lambda s=s, d=d: sample(s.addr, d, estimator=self._estimator(s)))
@@ -386,7 +404,7 @@ class AutoDelta(AutoGuide):
 
     def __call__(self, params):
         for s in self.sites:
-            d = nd.Delta(s.transform(params["loc"][s.name]), event_dim=len(s.shape) - s.batch_ndim)
+            d = nd.Delta(s.transform(_param(params, "loc", s, "AutoDelta")), event_dim=len(s.shape) - s.batch_ndim)
             _in_plates(s.plates, lambda s=s, d=d: sample(s.addr, d, estimator=self._estimator(s)))
 
 
@@ -441,6 +459,11 @@ class AutoMultivariateNormal(AutoGuide):
         return L @ L.T
 
     def __call__(self, params):
+        D = sum(s.size for s in self.sites if not s.discrete)
+        if not isinstance(params, dict) or jnp.shape(params.get("loc")) != (D,):
+            raise AutoGuideError(
+                f"{type(self).__name__}: the parameters need a flat 'loc' of shape ({D},) (the "
+                f"sites {list(self.layout)} flattened); pass the pytree that guide.init returned.")
         L, loc = self.scale_tril(params), params["loc"]
         done = []  # unconstrained values of the sites drawn so far, flat
         for s in self.sites:

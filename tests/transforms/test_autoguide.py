@@ -247,3 +247,33 @@ def test_plates_local_latents_and_discrete_sites():
     assert "Enum" in str(E.plan((xs,), (p,)))
     grad = jax.jit(lambda q: E.value_and_grad(jax.random.key(1), (xs,), (q,), argnums=1)[1])(p)
     assert np.all(np.isfinite(np.asarray(grad[0]["logits"]["c"])))
+
+
+def test_site_estimators_categorical_sites_init_to_sample_and_bad_params():
+    from ppl.estimators import ScoreFunction
+    from ppl.transforms import init_to_sample
+
+    def cat_model():
+        r = ppl.sample("r", nd.Gamma(2.0, 1.0))
+        with ppl.plate("items", 5):
+            ppl.sample("k", nd.Categorical(logits=jnp.array([0.1, 0.5, -0.3])).expand((5,)))
+        ppl.sample("pair", nd.Bernoulli(0.3 * jnp.ones(2)).to_event(1))
+        return r
+
+    g = AutoNormal(cat_model, estimators={"r": ScoreFunction()}, init_loc_fn=init_to_sample())
+    p = g.init(jax.random.key(0))
+    assert p["logits"]["k"].shape == (5, 3) and p["logits"]["pair"].shape == (2,)
+    tr = jax.jit(ppl.simulate(g))(jax.random.key(1), p)
+    assert tr.choices["k"].shape == (5,) and float(tr.choices["r"]) > 0
+    want = 5 * np.log(1 / 3) + 2 * np.log(0.5) + nd.LogNormal(p["loc"]["r"], jax.nn.softplus(p["scale"]["r"])).log_prob(tr.choices["r"])
+    np.testing.assert_allclose(tr.score, want, rtol=1e-5)
+    plan = str(expectation(elbo(cat_model, g)).plan((), (p,)))
+    assert "ScoreFunction" in plan.splitlines()[2] and plan.splitlines()[2].startswith("r")
+    with pytest.raises(AutoGuideError, match=r"no latent site \['x'\]"):
+        AutoNormal(cat_model, estimators={"x": ScoreFunction()}).init(jax.random.key(0))
+    with pytest.raises(AutoGuideError, match=r"no scale\['r'\].*guide.init returned"):
+        ppl.simulate(g)(jax.random.key(0), {"loc": p["loc"]})
+    gm = AutoMultivariateNormal(model_scale)
+    gm.init(jax.random.key(0), X, Y)
+    with pytest.raises(AutoGuideError, match=r"flat 'loc' of shape \(4,\)"):
+        ppl.simulate(gm)(jax.random.key(0), {"loc": jnp.zeros(3), "scale_tril": jnp.eye(3)})
