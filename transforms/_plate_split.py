@@ -22,8 +22,8 @@ staged program, each value being one of
   ``x`` only through ``x_i`` (``x`` itself, elementwise arithmetic on it, indexing with it,
   broadcasts, reductions over other dimensions, ...);
 - ``S``: ``base + sum_i per[i]``, kept as the pair ``(base, per)``: a ``jnp.sum`` over the
-  plate's dimension of an ``A`` value, and sums, differences, negations, reshapes and products
-  with ``C`` values of such (linear operations).
+  plate's dimension of an ``A`` value (or a ``dot`` contracting it), and sums, differences,
+  negations, reshapes and products with ``C`` values of such (linear operations).
 
 Every output must end as ``C`` or ``S``. Any other operation on an ``A`` or ``S`` value (a
 ``logsumexp`` over the plate's dimension, a product of two sums, a ``lax.map`` of a later
@@ -125,9 +125,51 @@ def _eqn(eqn, ins, n):
     if name in _CUSTOM:  # evaluate the primal function (no derivative is taken here)
         inner = _compat.custom_primal_jaxpr(eqn)
         return _run(inner, ins[len(ins) - len(inner.jaxpr.invars):], n)
+    if name == "scan":
+        return _scan(eqn, ins, n)
     if any(isinstance(a, _S) for a in ins):
         return [_sum_rule(eqn, ins, n)]
     return [_aligned_rule(eqn, ins, n)]
+
+
+#: Longest ``lax.scan`` over values depending on the site that the walk unrolls (a later
+#: site's ``lax.map`` of continuation calls is one).
+MAX_SCAN = 64
+
+
+def _scan(eqn, ins, n):
+    """Unroll a short scan (e.g. ``lax.map`` of a later site's continuation calls)."""
+    p = eqn.params
+    length, nc, ncar = p["length"], p["num_consts"], p["num_carry"]
+    if length > MAX_SCAN:
+        _refuse(eqn, f"a lax.scan of length {length} > MAX_SCAN = {MAX_SCAN} over values depending on the site")
+    consts, carry, xs = list(ins[:nc]), list(ins[nc:nc + ncar]), ins[nc + ncar:]
+    if any(isinstance(x, _A) and x.axis == 0 for x in xs):
+        _refuse(eqn, "a lax.scan along the plate's dimension")
+    ys = [None] * length
+    for t in (range(length - 1, -1, -1) if p["reverse"] else range(length)):
+        outs = _run(p["jaxpr"], consts + carry + [_index(x, t) for x in xs], n)
+        carry, ys[t] = outs[:ncar], outs[ncar:]
+    return carry + [_stack(eqn, [y[j] for y in ys], n) for j in range(len(ys[0]) if ys else 0)]
+
+
+def _index(a, t):
+    if isinstance(a, _C):
+        return _C(a.val[t])
+    if isinstance(a, _A):
+        return _A(a.val[t], a.axis - 1)
+    return _S(a.base[t], a.per[:, t])
+
+
+def _stack(eqn, parts, n):
+    if all(isinstance(a, _C) for a in parts):
+        return _C(jnp.stack([a.val for a in parts]))
+    if all(isinstance(a, _A) for a in parts) and len({a.axis for a in parts}) == 1:
+        return _A(jnp.stack([a.val for a in parts]), parts[0].axis + 1)
+    if any(isinstance(a, _A) for a in parts):
+        _refuse(eqn, "a lax.scan whose outputs mix per-element arrays with other values")
+    sums = [a if isinstance(a, _S) else _S(a.val, _zeros_per(a, n)) for a in parts]
+    return _S(jnp.stack([a.base for a in sums]), jnp.stack([a.per for a in sums], 1))
 
 
 def _zeros_per(a, n):
@@ -169,7 +211,10 @@ def _aligned_rule(eqn, ins, n):
     axes = {a.axis for a in ins if isinstance(a, _A)}
     if name in _ELEMENTWISE:
         out = _bind(eqn, vals)[0]
-        if len(axes) != 1 or any(isinstance(a, _A) and jnp.shape(a.val) != jnp.shape(out) for a in ins):
+        # operands may differ from the output in size-1 dimensions (broadcast), never in the plate's
+        if len(axes) != 1 or any(isinstance(a, _A) and (jnp.ndim(a.val) != out.ndim or
+                                                        jnp.shape(a.val)[a.axis] != out.shape[a.axis])
+                                 for a in ins):
             _refuse(eqn, "per-element arrays with their plate dimensions at different positions")
         return _A(out, axes.pop())
     if len(ins) == 1 or name in ("dot_general", "gather", "dynamic_slice", "concatenate", "pad"):
@@ -255,6 +300,14 @@ def _gather(eqn, ins, vals):
 def _dot(eqn, ins, vals):
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     lhs, rhs = ins
+    contracted = _contracted_plate(lhs, rhs, lc, rc)
+    if contracted is not None:  # a sum over the plate's dimension: element i's term is slice i's product
+        j = contracted
+        dn = ((tuple(d for k, d in enumerate(lc) if k != j), tuple(d for k, d in enumerate(rc) if k != j)),
+              ((lc[j],) + tuple(lb), (rc[j],) + tuple(rb)))
+        params = {k: v for k, v in eqn.params.items() if k in ("precision", "preferred_element_type")}
+        per = jax.lax.dot_general(vals[0], vals[1], dn, **params)
+        return _S(jnp.zeros(per.shape[1:], per.dtype), per)
     o = _bind(eqn, vals)[0]
     lnd, rnd = jnp.ndim(lhs.val), jnp.ndim(rhs.val)
     lfree = [d for d in range(lnd) if d not in lc and d not in lb]
@@ -270,6 +323,17 @@ def _dot(eqn, ins, vals):
     if rhs.axis in rb or rhs.axis in rc:
         return None
     return _A(o, len(lb) + len(lfree) + rfree.index(rhs.axis))
+
+
+def _contracted_plate(lhs, rhs, lc, rc):
+    """The index in the contracting dimensions of a plate axis contracted against a value not
+    depending on the site, or against the other operand's plate axis; else None."""
+    for j, (l, r) in enumerate(zip(lc, rc)):
+        if isinstance(lhs, _A) and l == lhs.axis and (isinstance(rhs, _C) or rhs.axis == r):
+            return j
+        if isinstance(rhs, _A) and r == rhs.axis and isinstance(lhs, _C):
+            return j
+    return None
 
 
 def plate_axis(site):

@@ -105,6 +105,26 @@ MUTATIONS = [
              '"scale": (1 / scale,', '"scale": (1.0,',
              ("tests/estimators/test_mvd_decomposition.py",),
              "MVD Normal scale: constant 1 instead of 1/scale (right only at scale 1)"),
+    # --- per-element estimation along plates (issue 15) -----------------------------------------
+    Mutation("plate-slice-start-ignored", "transforms/_plate_split.py",
+             'if p["start_indices"][x.axis] == 0 and p["limit_indices"][x.axis] == n and stride == 1:',
+             "if True:",
+             ("tests/transforms/test_plate_split.py",),
+             "a slice along the plate's dimension (y_i depending on z_{i-1}) passes as per-element"),
+    Mutation("plate-product-of-sums", "transforms/_plate_split.py",
+             'if name in ("mul", "dot_general") and len(sums) == 1 or name == "div" and sums == [0]:',
+             'if name in ("mul", "dot_general", "integer_pow") or name == "div" and sums == [0]:',
+             ("tests/estimators/test_plate_estimators.py", "-k", "not_a_sum"),
+             "a square / product of sums over the plate treated as linear (cross terms dropped)"),
+    Mutation("plate-score-drops-shared-part", "transforms/_estimator.py",
+             "jnp.tensordot(dlp, p + b / pe.n, axes=1)", "jnp.tensordot(dlp, p, axes=1)",
+             ("tests/transforms/test_minibatch_plate.py", "-k", "score_function"),
+             "the Rao-Blackwellized score function ignores the baseline (c / n) (unbiased, high variance)"),
+    Mutation("plate-enum-no-weight-tangent", "estimators/enum.py",
+             "        if dp is not None:\n            dout = [(a + jnp.tensordot(dp, po, axes=2))",
+             "        if False:\n            dout = [(a + jnp.tensordot(dp, po, axes=2))",
+             ("tests/estimators/test_plate_estimators.py", "-k", "enum"),
+             "per-element Enum drops the derivative of the enumeration weights"),
 ]
 
 
