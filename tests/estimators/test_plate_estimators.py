@@ -40,14 +40,25 @@ def _mixture(y, locs, pair):
         ppl.sample("y", nd.Normal(mean, SCALE), obs=y)
 
 
-def guide(logits):
-    with ppl.plate("data", logits.shape[0]):
-        ppl.sample("z", nd.Categorical(logits=logits))
+def _guide_of(family):
+    def guide(logits):
+        with ppl.plate("data", logits.shape[0]):
+            ppl.sample("z", family(logits=logits))
+
+    return guide
 
 
-def elbo(y, params):
-    q = sim(guide, params["l"])
-    return density(model, q.choices, y, params["m"]) - q.score
+def _elbo_of(guide):
+    def elbo(y, params):
+        q = sim(guide, params["l"])
+        return density(model, q.choices, y, params["m"]) - q.score
+
+    return elbo
+
+
+guide = _guide_of(nd.Categorical)
+elbo = _elbo_of(guide)
+bernoulli_elbo = _elbo_of(_guide_of(nd.Bernoulli))
 
 
 def _data(n, seed=3):
@@ -274,16 +285,6 @@ def test_per_element_enum_of_a_bernoulli_vector_per_point_enumerates_each_point_
     vj, gj = jax.jit(lambda k: Ej.value_and_grad(k, logits))(jax.random.key(0))
     np.testing.assert_allclose(v, vj, rtol=1e-5)
     np.testing.assert_allclose(g, gj, rtol=1e-4, atol=1e-5)
-
-
-def bernoulli_guide(logits):
-    with ppl.plate("data", logits.shape[0]):
-        ppl.sample("z", nd.Bernoulli(logits=logits))
-
-
-def bernoulli_elbo(y, params):
-    q = sim(bernoulli_guide, params["l"])
-    return density(model, q.choices, y, params["m"]) - q.score
 
 
 def test_per_element_mvd_on_bernoulli_points_is_unbiased():
