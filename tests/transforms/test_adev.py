@@ -16,7 +16,7 @@ import pytest
 import ppl
 from ppl.transforms import EstimatorError, Reparam, ScoreFunction, expectation
 
-from .._stats import assert_biased, assert_unbiased, consistent, estimates, power_limit
+from .._stats import assert_biased, assert_unbiased, consistent, estimates
 
 N = 20000
 
@@ -51,9 +51,10 @@ def test_scan_values_depend_on_the_key():
     vals = jax.jit(jax.vmap(lambda k: E.estimate(k, 0.4)))(jax.random.split(jax.random.key(0), 64))
     assert len(np.unique(np.asarray(vals))) > 10
     # each iteration draws its own values: the mean of total**2, which counts the iterations'
-    # covariances, matches the closed form for independent draws
-    v = np.asarray(jax.jit(jax.vmap(lambda k: E.estimate(k, 0.4)))(jax.random.split(jax.random.key(1), N)))
-    assert_unbiased(v, scan_exact(0.4), max_se=power_limit(scan_exact(0.4)), what="scan value")
+    # covariances, matches the closed form for independent draws (reused draws give 6.25 against
+    # 2.43); power guard: stderr <= 0.017, so that a value 5% off fails too
+    v = np.asarray(jax.jit(jax.vmap(lambda k: E.estimate(k, 0.4)))(jax.random.split(jax.random.key(1), 3 * N)))
+    assert_unbiased(v, scan_exact(0.4), max_se=0.017, what="scan value")
 
 
 @pytest.mark.statistical
