@@ -1,6 +1,7 @@
 """Federated problems: data split over clients with a leading client axis, for the distributed
 methods of ``ppl.backends.distributed``.
 
+- :func:`diabetes_clients`: the diabetes regression split over clients (DIFF2 against DP-GD).
 - :func:`heterogeneous_logistic`: logistic regression with the nonconvex regularizer
   ``lam * sum_j x_j^2 / (1 + x_j^2)`` of the EF21 papers; client ``i``'s features scaled by
   ``10^(spread * i / (n - 1))``, so the clients' smoothness constants ``L_i`` span about
@@ -34,3 +35,22 @@ def heterogeneous_logistic(n=8, m=30, d=12, spread=1.15, lam=0.1, seed=0):
     Li = np.array([np.linalg.eigvalsh(A[i].T @ A[i] / m).max() / 4 + 2 * lam for i in range(n)])
     L = np.linalg.eigvalsh(np.einsum("imd,ime->de", A, A) / (m * n)).max() / 4 + 2 * lam
     return {"a": A, "y": y}, Li, L, rng.normal(size=d)
+
+
+def diabetes_clients(n_clients=8):
+    """scikit-learn's diabetes regression split over ``n_clients`` of equal size (the first
+    ``n_clients * floor(442 / n_clients)`` examples, in the data set's order): features and
+    target standardized, a constant feature for the intercept. ``{"a": (P, n_p, 11), "y":
+    (P, n_p)}``; :func:`squared_loss` is its loss."""
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    X, y = (X - X.mean(0)) / X.std(0), (y - y.mean()) / y.std()
+    m = len(y) // n_clients
+    A = np.concatenate([X, np.ones((len(y), 1))], 1)[: n_clients * m]
+    return {"a": A.reshape(n_clients, m, -1), "y": y[: n_clients * m].reshape(n_clients, m)}
+
+
+def squared_loss(key, w, b):
+    """``(1/2) mean (a . w - y)^2`` over a batch."""
+    return 0.5 * jnp.mean((b["a"] @ w - b["y"]) ** 2)

@@ -10,6 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
     "ef21_heterogeneous.py": (["--rounds", "30", "--dim", "6", "--k", "2", "--tol", "0.5"],
                               ["EF21-W, L_AM stepsize", "L_QM / L_AM = 1.9420", "bytes/round"]),
+    "diff2_diabetes.py": (["--tiny", "--rounds", "10", "--tune-seeds", "1", "--eval-seeds", "2", "--epsilons", "3"],
+                          ["dp_gd", "diff2", "DIFF2 - DP-GD", "paper"]),
 }
 
 

@@ -1,4 +1,4 @@
-"""The distributed methods on 8 simulated CPU devices, in their own process (the parent sets
+"""The distributed methods (EF21 / EF21-W, DIFF2) on 8 simulated CPU devices, in their own process (the parent sets
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``; the device count is fixed when JAX
 starts). Prints one JSON object; test_distributed_mesh.py checks it.
 
@@ -19,7 +19,8 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ppl.backends.distributed import ef21, ef21_stepsize, ef21_w, top_k  # noqa: E402
+from ppl.backends.distributed import diff2, ef21, ef21_stepsize, ef21_w, top_k  # noqa: E402
+from ppl.models.federated import diabetes_clients, squared_loss  # noqa: E402
 from test_distributed_ef21 import logistic_problem, loss  # noqa: E402
 
 
@@ -66,9 +67,23 @@ def ef21_runs(out):
     out["ef21"] = res
 
 
+def diff2_runs(out):
+    """DIFF2 with noise, 16 clients (two per device) on 8 devices against one device."""
+    data = diabetes_clients(16)
+    res = {}
+    for mname, mesh in (("one", None), ("mesh8", jax.make_mesh((8,), ("clients",)))):
+        m = diff2(squared_loss, stepsize=0.05, noise_multiplier=2.0, diff_noise_multiplier=5.0, clip=2.0,
+                  clip_diff=4.0, period=4, mesh=mesh)
+        res[mname] = m.run(jax.random.key(3), m.init(None, jnp.zeros(11), data), data, 12)
+    out["diff2"] = {"diff": diff(res["one"][0], res["mesh8"][0]),
+                    "restarts": np.asarray(res["mesh8"][1].restart).tolist(),
+                    "loss_drop": float(res["one"][1].loss[-1] - res["one"][1].loss[0])}
+
+
 def main():
     out = {"devices": jax.device_count()}
     ef21_runs(out)
+    diff2_runs(out)
     print(json.dumps(out))
 
 

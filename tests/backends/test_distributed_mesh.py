@@ -35,3 +35,10 @@ def test_ef21_on_a_mesh_matches_one_device(report):
     assert 0 < min(pp) and max(pp) < 16 and r["sgd_pp_n16"]["bytes_first"] == pp[0] * 3 * 12
     assert r["ef21_vs_w_mesh8"] < 1e-12
     assert "6 clients" in r["error_uneven"] and "divisible by 8" in r["error_uneven"]
+
+
+def test_diff2_on_a_mesh_matches_one_device(report):
+    r = report["diff2"]
+    assert r["diff"] < 1e-10, r  # same noise (one key per round), same clipped means up to summation order
+    assert r["restarts"] == [i % 4 == 0 for i in range(12)]
+    assert r["loss_drop"] < 0
