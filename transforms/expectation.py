@@ -133,6 +133,8 @@ class Plan:
     ``"unverified"`` (``findings`` say where the program may be discontinuous in the site's
     value); ``row["unbiased"]`` is True only for ``"yes"``. ``objective`` holds the marks the
     objective put on itself (``(kind, reason)``: a biased estimator or a surrogate).
+    ``row["plate"]`` says what the estimator of a site inside ``ppl.plate`` did with it (per
+    element, or the joint rule and why; None outside plates and for pathwise estimators).
     """
 
     rows: tuple
@@ -181,7 +183,11 @@ def _rows(record, analysis: Analysis, facts=None):
         seen.add(key)
         findings = tuple(str(f) for f in analysis.findings.get(site.name, ()))
         verdict = "NO (biased)" if not est.unbiased else "unverified" if findings else "yes"
-        plate = getattr((facts or {}).get(site.addr), "plate", None)
+        f = (facts or {}).get(site.addr)
+        plate = getattr(f, "plate", None)
+        if plate is None and site.site.plates and f is not None and not f.pathwise and not isinstance(est, Reparam):
+            plate = (False, f"plate {site.site.plates[-1].name!r}: joint treatment ({est.describe()} "
+                            "does not use plates)")
         described = est.describe() + ("" if plate is None else " (per element)" if plate[0] else " (joint)")
         rows.append({"address": site.name, "distribution": dist_name, "shape": site.site.value_shape,
                      "estimator": described, "unbiased": verdict == "yes", "verdict": verdict,

@@ -357,3 +357,13 @@ def test_two_per_point_latents_are_both_enumerated_per_element():
     np.testing.assert_allclose(v, vj, rtol=1e-5)
     for x, xj in zip(g, gj):
         np.testing.assert_allclose(x, xj, rtol=1e-4, atol=1e-5)
+
+
+def test_the_plan_says_when_an_estimator_does_not_use_the_plate():
+    from ppl.estimators import LeaveOneOut
+
+    y, params = _data(3)
+    yf, pf = _f32(y, params)
+    plan = expectation(elbo, estimators={"z": LeaveOneOut(2)}).plan(yf, pf)
+    assert plan.rows[0]["estimator"] == "LeaveOneOut (joint)"
+    assert plan.rows[0]["plate"] == "plate 'data': joint treatment (LeaveOneOut does not use plates)"
