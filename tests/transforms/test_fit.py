@@ -80,6 +80,8 @@ def test_fit_decreases_a_stochastic_elbo_loss_and_keeps_history(key):
     assert r.history.shape == (300,) and int(r.state.step) == 300
     first, last = r.history[:20], r.history[-100:]
     se = np.hypot(first.std() / np.sqrt(20), last.std() / np.sqrt(100))
+    # A margin, not one of the suite's Monte Carlo checks (tests/_stats.py): the first 20 losses
+    # trend downward, so their spread is not sampling noise (measured: 43.8 -> 2.5, "se" 7.4).
     assert last.mean() < first.mean() - 5 * se, (first.mean(), last.mean(), se)
     assert r.params is r.state.params
     loc, _ = m.posterior(y)
