@@ -1,4 +1,4 @@
-"""Laws of the interpreters, both distribution libraries, and every bad input of issue 2."""
+"""Laws of the interpreters, both distribution libraries, and the bad inputs they refuse."""
 import jax
 import jax.numpy as jnp
 import numpy as np
