@@ -48,6 +48,23 @@ class Mutation:
 
 
 MUTATIONS = [
+    # --- autoguides and Predictive -------------------------------------------------------------
+    Mutation("autoguide-mvn-marginal-not-conditional", "transforms/autoguide.py",
+             "mean = mean + L[o:o + k, :o] @ eps", "mean = mean",
+             ("tests/transforms/test_autoguide.py", "-k", "exact_posterior"),
+             "AutoMultivariateNormal draws each site from its marginal, not its conditional on the sites before"),
+    Mutation("autoguide-no-transform", "transforms/autoguide.py",
+             "    return isinstance(t, ndt.IdentityTransform)", "    return True",
+             ("tests/transforms/test_autoguide.py", "-k", "constrained or biject"),
+             "autoguides skip biject_to: constrained sites guided on the unconstrained space"),
+    Mutation("autoguide-lowrank-diag-not-squared", "transforms/autoguide.py",
+             "return W @ W.T + jnp.diag(d ** 2)", "return W @ W.T + jnp.diag(d)",
+             ("tests/transforms/test_autoguide.py", "-k", "constrained"),
+             "AutoLowRankMultivariateNormal's diagonal added as d instead of d^2"),
+    Mutation("predictive-guide-ignored", "transforms/predictive.py",
+             "given = simulate(self.guide)(k1, *self.guide_args).choices", "given = {}",
+             ("tests/transforms/test_predictive.py", "-k", "guide"),
+             "Predictive with a guide samples the prior"),
     # --- the five that survived the suite before issue 20 --------------------------------------
     Mutation("mvd-exponential-negative-part", "estimators/mvd.py",
              "x + jax.random.exponential(key, x.shape, x.dtype) / lam)}",
