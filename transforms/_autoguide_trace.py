@@ -32,13 +32,15 @@ class AutoGuideError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class init_to_median:
-    """The elementwise median of ``num_samples`` prior draws (NumPyro's default)."""
+    """The elementwise median of ``num_samples`` prior draws, taken on the unconstrained
+    space (``T(median(T^-1(draws)))``: inside the support, e.g. on the simplex, and the plain
+    median for elementwise monotone transforms such as ``exp``)."""
 
     num_samples: int = 15
 
     def __call__(self, key, name, d, transform, ushape):
         draws = jax.vmap(d.sample)(jax.random.split(key, self.num_samples))
-        return jnp.median(draws, axis=0).astype(draws.dtype)
+        return transform(jnp.median(transform.inv(draws), axis=0))
 
 
 @dataclasses.dataclass(frozen=True)

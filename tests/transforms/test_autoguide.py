@@ -278,3 +278,29 @@ def test_site_estimators_categorical_sites_init_to_sample_and_bad_params():
     gm.init(jax.random.key(0), X, Y)
     with pytest.raises(AutoGuideError, match=r"flat 'loc' of shape \(4,\)"):
         ppl.simulate(gm)(jax.random.key(0), {"loc": jnp.zeros(3), "scale_tril": jnp.eye(3)})
+
+
+def test_mvn_density_with_simplex_batched_and_vmapped_sites():
+    """A Dirichlet (stick-breaking, 3 -> 2 per row), a batch of HalfNormals and a vmapped
+    Exponential: the joint guide's density by hand, with the prior-median init on the simplex."""
+    from numpyro.distributions.transforms import biject_to
+
+    def m():
+        ppl.sample("s", nd.HalfNormal(1.0).expand((3,)))
+        ppl.sample("d", nd.Dirichlet(jnp.ones(3)).expand((2,)).to_event(1))
+        jax.vmap(lambda i: ppl.sample("v", nd.Exponential(1.0)))(jnp.arange(4))
+
+    g = AutoMultivariateNormal(m)
+    p = g.init(jax.random.key(0))
+    assert g.layout == {"s": (0, 3, (3,)), "d": (3, 4, (2, 2)), "v": (7, 4, (4,))}
+    p = dict(p, scale_tril=p["scale_tril"] + 0.05 * jnp.tril(jnp.ones((11, 11)), -1))
+    tr = jax.jit(ppl.simulate(g))(jax.random.key(1), p)
+    c = {k: np.asarray(tr.choices[k], np.float64) for k in ("s", "d", "v")}
+    np.testing.assert_allclose(c["d"].sum(-1), 1.0, rtol=1e-5)
+    sb = biject_to(nd.constraints.simplex)
+    ud = np.asarray(sb.inv(tr.choices["d"]), np.float64)
+    u = np.concatenate([np.log(c["s"]), ud.ravel(), np.log(c["v"])])
+    L = np.asarray(g.scale_tril(p), np.float64)
+    want = (scipy.stats.multivariate_normal(np.asarray(p["loc"]), L @ L.T).logpdf(u) - np.log(c["s"]).sum()
+            - float(np.sum(sb.log_abs_det_jacobian(jnp.asarray(ud), tr.choices["d"]))) - np.log(c["v"]).sum())
+    np.testing.assert_allclose(tr.score, want, rtol=1e-4)
