@@ -4,6 +4,7 @@ Optimizers are optax ``GradientTransformation``s (``ppl.backends.optim``); train
 diagnostics are callbacks for ``fit`` (``ppl.backends.diagnostics``); solvers are kernels
 (``ppl.backends.bilevel``: BO-REP); distributed methods run with clients on a mesh axis
 (``ppl.backends.distributed``); fixed-point networks are trained by holomorphic equilibrium
-propagation (``ppl.backends.equilibrium``). Backends may import ``ppl`` and ``ppl.transforms``;
+propagation (``ppl.backends.equilibrium``); ``ppl.backends.gbnn`` trains a network's last
+layer by gradient boosting. Backends may import ``ppl`` and ``ppl.transforms``;
 ``ppl.models`` and the main command may import them.
 """
