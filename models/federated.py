@@ -2,6 +2,8 @@
 methods of ``ppl.backends.distributed``.
 
 - :func:`diabetes_clients`: the diabetes regression split over clients (DIFF2 against DP-GD).
+- :func:`digits_dirichlet_clients`: digits split over clients by a Dirichlet label split
+  (:func:`dirichlet_split`; FedAMD against FedAvg).
 - :func:`heterogeneous_logistic`: logistic regression with the nonconvex regularizer
   ``lam * sum_j x_j^2 / (1 + x_j^2)`` of the EF21 papers; client ``i``'s features scaled by
   ``10^(spread * i / (n - 1))``, so the clients' smoothness constants ``L_i`` span about
@@ -54,3 +56,38 @@ def diabetes_clients(n_clients=8):
 def squared_loss(key, w, b):
     """``(1/2) mean (a . w - y)^2`` over a batch."""
     return 0.5 * jnp.mean((b["a"] @ w - b["y"]) ** 2)
+
+
+def dirichlet_split(labels, n_clients, alpha, seed=0):
+    """Indices of each client's examples: for every class, its examples (shuffled) are divided
+    among the clients in proportions drawn from Dirichlet(alpha, ..., alpha) (small alpha:
+    each client sees few classes). Re-drawn (next seed) until every client holds an example."""
+    labels = np.asarray(labels)
+    for attempt in range(100):
+        rng = np.random.default_rng(seed + attempt)
+        parts = [[] for _ in range(n_clients)]
+        for c in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            cuts = (np.cumsum(rng.dirichlet(np.full(n_clients, alpha))) * len(idx)).astype(int)[:-1]
+            for i, chunk in enumerate(np.split(idx, cuts)):
+                parts[i].extend(chunk.tolist())
+        if all(parts):
+            return [np.array(sorted(p)) for p in parts]
+    raise ValueError(f"dirichlet_split: some client got no example in 100 draws (alpha={alpha}, {n_clients} clients)")
+
+
+def digits_dirichlet_clients(n_clients=20, alpha=0.1, test_fraction=0.2, seed=0):
+    """scikit-learn's digits (pixels / 16), a held-out test set (``test_fraction``, stratified
+    by a fixed permutation), and the training examples split over ``n_clients`` by
+    :func:`dirichlet_split`. Returns ``(parts, test)``: a list of ``{"x": (m_i, 64), "y": (m_i,)}``
+    and ``{"x", "y"}``."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    perm = np.random.default_rng(seed).permutation(len(y))
+    n_test = int(round(test_fraction * len(y)))
+    test, train = perm[:n_test], perm[n_test:]
+    parts = dirichlet_split(y[train], n_clients, alpha, seed)
+    return ([{"x": X[train][p], "y": y[train][p].astype(np.int32)} for p in parts],
+            {"x": X[test], "y": y[test].astype(np.int32)})

@@ -12,6 +12,8 @@ CASES = {
                               ["EF21-W, L_AM stepsize", "L_QM / L_AM = 1.9420", "bytes/round"]),
     "diff2_diabetes.py": (["--tiny", "--rounds", "10", "--tune-seeds", "1", "--eval-seeds", "2", "--epsilons", "3"],
                           ["dp_gd", "diff2", "DIFF2 - DP-GD", "paper"]),
+    "fedamd_digits.py": (["--rounds", "4", "--every", "2", "--lrs", "0.05", "--hidden", "8", "--local-steps", "2"],
+                         ["fedamd", "fedavg", "best final accuracy", "paper"]),
 }
 
 

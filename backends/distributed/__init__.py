@@ -8,3 +8,6 @@ from .diff2 import DIFF2, DIFF2Info, DIFF2State, clipped_mean, diff2, diff2_nois
 
 __all__ += ["DIFF2", "DIFF2Info", "DIFF2State", "clipped_mean", "diff2", "diff2_noise_multipliers", "dp_epsilon",
             "dp_gd"]
+from .fedamd import FedInfo, FedState, Federated, fedamd, fedavg, stack_clients
+
+__all__ += ["FedInfo", "FedState", "Federated", "fedamd", "fedavg", "stack_clients"]

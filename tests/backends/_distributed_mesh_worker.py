@@ -1,4 +1,4 @@
-"""The distributed methods (EF21 / EF21-W, DIFF2) on 8 simulated CPU devices, in their own process (the parent sets
+"""The distributed methods (EF21 / EF21-W, DIFF2, FedAMD / FedAvg) on 8 simulated CPU devices, in their own process (the parent sets
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``; the device count is fixed when JAX
 starts). Prints one JSON object; test_distributed_mesh.py checks it.
 
@@ -19,7 +19,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ppl.backends.distributed import diff2, ef21, ef21_stepsize, ef21_w, top_k  # noqa: E402
+from ppl.backends.distributed import diff2, ef21, ef21_stepsize, ef21_w, fedamd, fedavg, stack_clients, top_k  # noqa: E402,E501
 from ppl.models.federated import diabetes_clients, squared_loss  # noqa: E402
 from test_distributed_ef21 import logistic_problem, loss  # noqa: E402
 
@@ -80,10 +80,36 @@ def diff2_runs(out):
                     "loss_drop": float(res["one"][1].loss[-1] - res["one"][1].loss[0])}
 
 
+def fed_runs(out):
+    """FedAMD and FedAvg, 20 clients of different sizes on a mesh of 4 devices (5 each)."""
+    rng = np.random.default_rng(0)
+    parts = [{"c": rng.normal(size=(int(k), 3)), "a": rng.uniform(0.5, 2, size=(int(k),))}
+             for k in rng.integers(1, 9, size=20)]
+    data, counts = stack_clients(parts)
+
+    def qloss(key, x, b):
+        return jnp.mean(0.5 * b["a"] * jnp.sum((x - b["c"]) ** 2, -1))
+
+    res = {}
+    for name, make in (("fedamd", lambda mesh: fedamd(qloss, local_steps=3, local_lr=0.1, batch_size=4, mesh=mesh)),
+                       ("fedavg", lambda mesh: fedavg(qloss, local_steps=3, local_lr=0.1, batch_size=4, mesh=mesh))):
+        runs = {}
+        for mname, mesh in (("one", None), ("mesh4", jax.make_mesh((4,), ("clients",), devices=jax.devices()[:4]))):
+            m = make(mesh)
+            runs[mname] = m.run(jax.random.key(1), m.init(jax.random.key(0), jnp.zeros(3), data, counts), data,
+                                counts, 10)
+        res[name] = {"diff": diff(runs["one"][0].params, runs["mesh4"][0].params),
+                     "same_participants": bool(np.array_equal(runs["one"][1].participants,
+                                                              runs["mesh4"][1].participants)),
+                     "same_anchors": bool(np.array_equal(runs["one"][1].anchors, runs["mesh4"][1].anchors))}
+    out["fed"] = res
+
+
 def main():
     out = {"devices": jax.device_count()}
     ef21_runs(out)
     diff2_runs(out)
+    fed_runs(out)
     print(json.dumps(out))
 
 

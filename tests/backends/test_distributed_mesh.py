@@ -1,13 +1,19 @@
 """The distributed methods on a mesh of 8 simulated CPU devices: one worker process
 (``_distributed_mesh_worker.py``) runs them and prints JSON; these tests check it. Same results
 as one device up to the order of float additions (float64, tolerance 1e-10 against
-differences of order 1e-15), clients stacked when there are more of them than devices."""
+differences of order 1e-15), clients stacked when there are more of them than devices.
+
+Slow: the worker compiles about 16 programs in a fresh JAX process (about 25 s of CPU on 2
+cores, 1-2 minutes of wall time under load), beyond the default suite's budget; run with
+``-m slow``."""
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+pytestmark = pytest.mark.slow
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_distributed_mesh_worker.py")
 
@@ -42,3 +48,9 @@ def test_diff2_on_a_mesh_matches_one_device(report):
     assert r["diff"] < 1e-10, r  # same noise (one key per round), same clipped means up to summation order
     assert r["restarts"] == [i % 4 == 0 for i in range(12)]
     assert r["loss_drop"] < 0
+
+
+def test_fedamd_and_fedavg_on_a_mesh_match_one_device(report):
+    for name in ("fedamd", "fedavg"):  # 20 clients of different sizes, 5 per device on 4 devices
+        r = report["fed"][name]
+        assert r["diff"] < 1e-10 and r["same_participants"] and r["same_anchors"], (name, r)
