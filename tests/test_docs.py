@@ -5,23 +5,12 @@ run them); then the results it prints are checked: the fitted regression posteri
 exact conjugate posterior, the predictive samples' shapes and spread, the mixture's centres.
 """
 import pathlib
-import re
 
 import numpy as np
 
+from ._snippets import run_blocks
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def run_blocks(path):
-    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
-    assert blocks, f"{path} has no python blocks"
-    ns: dict = {"__name__": "__docs__"}
-    for i, block in enumerate(blocks):
-        try:
-            exec(compile(block, f"{path.name} block {i}", "exec"), ns)
-        except Exception as e:  # say which block
-            raise AssertionError(f"{path.name} python block {i} fails: {type(e).__name__}: {e}") from e
-    return ns
 
 
 def test_first_model_page_runs_and_is_right():

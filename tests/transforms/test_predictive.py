@@ -14,7 +14,7 @@ import pytest
 import ppl
 from ppl.transforms import AutoNormal, Predictive
 
-from ..estimators._stat import assert_biased, assert_unbiased, power_limit
+from .._stats import assert_biased, assert_unbiased, power_limit
 
 SIG = 0.7
 X = jnp.array([[1.0, 0.5, -0.3], [0.2, -1.0, 0.4], [0.0, 0.3, 1.5], [-0.8, 0.1, 0.2]])
