@@ -1,10 +1,10 @@
 """ppl.backends: the seed papers' other gradient methods, in shapes users already know.
 
-Optimizers are optax ``GradientTransformation``s (``ppl.backends.optim``); training
-diagnostics are callbacks for ``fit`` (``ppl.backends.diagnostics``); solvers are kernels
-(``ppl.backends.bilevel``: BO-REP); distributed methods run with clients on a mesh axis
-(``ppl.backends.distributed``); fixed-point networks are trained by holomorphic equilibrium
-propagation (``ppl.backends.equilibrium``); ``ppl.backends.gbnn`` trains a network's last
-layer by gradient boosting. Backends may import ``ppl`` and ``ppl.transforms``;
-``ppl.models`` and the main command may import them.
+Optimizers are optax ``GradientTransformation``s (``ppl.backends.optim``); training diagnostics
+are callbacks for ``fit`` (``ppl.backends.diagnostics``); solvers are kernels
+(``ppl.backends.bilevel``: BO-REP; ``ppl.backends.dcdm``: learned conjugate directions);
+distributed methods run with clients on a mesh axis (``ppl.backends.distributed``); fixed-point
+networks are trained by holomorphic equilibrium propagation (``ppl.backends.equilibrium``);
+``ppl.backends.gbnn`` trains a network's last layer by gradient boosting. Backends may import
+``ppl`` and ``ppl.transforms``; ``ppl.models`` and the main command may import them.
 """
