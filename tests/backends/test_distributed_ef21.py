@@ -226,3 +226,46 @@ def test_bad_input_is_named():
     with pytest.raises(TypeError, match="Mesh"):
         ef21(loss, top_k(2), 0.1, mesh="cpu").init(jax.random.key(0), jnp.asarray(x0), data)
     assert isinstance(ef21(loss, top_k(2), 0.1).init(jax.random.key(0), jnp.asarray(x0), data), EF21State)
+
+
+def test_an_adev_objective_as_the_local_loss():
+    """Client loss = minus a ppl ELBO (``expectation(objectives.elbo(...))``) of a two-component
+    model with the discrete latent enumerated (``Enum``: the ADEV estimate is exact), so EF21's
+    iterates equal those with the hand-written exact ELBO."""
+    from ppl.estimators import Enum
+    from ppl.transforms import expectation
+    from ppl.transforms import objectives as O
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        y = rng.normal(size=(4, 6)) + np.array([1.0, -1.0, 0.5, 2.0])[:, None]
+
+        def model(theta, y):
+            z = ppl.sample("z", nd.Bernoulli(0.3))
+            ppl.sample("y", nd.Normal(theta["m"] + 2.0 * z - 1.0, 1.0).expand(y.shape).to_event(1), obs=y)
+
+        def guide(phi):
+            ppl.sample("z", nd.Bernoulli(logits=phi["a"]))
+
+        E = expectation(O.elbo(model, guide), estimators={"z": Enum()})
+
+        def ppl_loss(key, p, b):
+            return -E.estimate(key, ({"m": p["m"]}, b["y"]), ({"a": p["a"]},)) / b["y"].shape[0]
+
+        def exact_loss(key, p, b):
+            q1 = jax.nn.sigmoid(p["a"])
+            def log_joint(z):
+                mean = p["m"] + 2.0 * z - 1.0
+                return jnp.log(0.3 if z else 0.7) + jnp.sum(-0.5 * (b["y"] - mean) ** 2 - 0.5 * jnp.log(2 * jnp.pi))
+            elbo = q1 * (log_joint(1) - jnp.log(q1)) + (1 - q1) * (log_joint(0) - jnp.log1p(-q1))
+            return -elbo / b["y"].shape[0]
+
+        p0 = {"a": jnp.float64(0.4), "m": jnp.float64(-0.2)}
+        out = []
+        for f in (ppl_loss, exact_loss):
+            m = ef21(f, top_k(1), 0.1)
+            st, info = m.run(jax.random.key(1), m.init(jax.random.key(0), p0, {"y": y}), {"y": y}, 25)
+            out.append((np.array([st.params["a"], st.params["m"]]), np.asarray(info.loss)))
+        np.testing.assert_allclose(out[0][0], out[1][0], atol=1e-10)
+        np.testing.assert_allclose(out[0][1], out[1][1], atol=1e-10)
+        assert out[0][1][-1] < out[0][1][0]
