@@ -1,12 +1,9 @@
 """Smoke-run the adaptive-batch, curvature-diagnostics and Hessian-alignment examples in a
 subprocess with tiny flags."""
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ._examples import assert_example_runs
 
 CASES = {
     "adaptive_batch_digits.py": (["--steps", "12", "--seeds", "1", "--initial", "4", "--maximum", "32",
@@ -25,11 +22,4 @@ CASES = {
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_example_runs(script, tmp_path):
     flags, expected, png = CASES[script]
-    out = subprocess.run(
-        [sys.executable, "-W", "error", os.path.join(ROOT, "examples", script), *flags, "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for word in expected:
-        assert word in out.stdout, out.stdout
-    if png is not None:
-        assert (tmp_path / png).exists()
+    assert_example_runs(script, flags, expected, out=tmp_path, png=png)

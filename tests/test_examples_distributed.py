@@ -1,11 +1,8 @@
 """Smoke-run the distributed methods' examples in a subprocess with tiny flags."""
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ._examples import assert_example_runs
 
 CASES = {
     "ef21_heterogeneous.py": (["--rounds", "30", "--dim", "6", "--k", "2", "--tol", "0.5"],
@@ -21,8 +18,4 @@ CASES = {
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_example_runs(script):
     flags, expected = CASES[script]
-    out = subprocess.run([sys.executable, "-W", "error", os.path.join(ROOT, "examples", script), *flags],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for word in expected:
-        assert word in out.stdout, out.stdout
+    assert_example_runs(script, flags, expected)

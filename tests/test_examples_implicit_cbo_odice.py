@@ -1,11 +1,8 @@
 """Smoke-run the implicit-differentiation, CBO and ODICE examples in a subprocess with tiny flags."""
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ._examples import assert_example_runs
 
 CASES = {
     "implicit_hyperparams.py": (["--steps", "3", "--inner-iters", "200"],
@@ -21,11 +18,4 @@ CASES = {
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_example_runs(script, tmp_path):
     flags, expected, png = CASES[script]
-    out = subprocess.run(
-        [sys.executable, "-W", "error", os.path.join(ROOT, "examples", script), *flags,
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for word in expected:
-        assert word in out.stdout, out.stdout
-    assert (tmp_path / png).exists()
+    assert_example_runs(script, flags, expected, out=tmp_path, png=png, timeout=300)

@@ -1,12 +1,9 @@
 """Smoke-run the optimizer examples (diffGrad 1-D, M-FAC digits, robust aggregation, VAE
 optimizers) in a subprocess with tiny flags."""
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ._examples import assert_example_runs
 
 CASES = {
     "diffgrad_1d.py": (["--iters", "300"], ["F1", "0.200", "-0.300", "-0.812"], "diffgrad_1d.png"),
@@ -24,10 +21,4 @@ CASES = {
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_example_runs(script, tmp_path):
     flags, expected, png = CASES[script]
-    out = subprocess.run(
-        [sys.executable, "-W", "error", os.path.join(ROOT, "examples", script), *flags, "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env=dict(os.environ, MPLBACKEND="Agg"))
-    assert out.returncode == 0, out.stderr[-3000:]
-    for word in expected:
-        assert word in out.stdout, out.stdout
-    assert (tmp_path / png).exists()
+    assert_example_runs(script, flags, expected, out=tmp_path, png=png, env={"MPLBACKEND": "Agg"})
