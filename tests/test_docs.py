@@ -35,3 +35,32 @@ def test_first_model_page_runs_and_is_right():
     probs = np.asarray(1 / (1 + np.exp(-np.asarray(ns["mresult"].params["logits"]["z"]))))
     np.testing.assert_array_less(np.abs(probs - np.repeat([0.0, 1.0], 100)), 0.05)  # no point near 0
     assert "Enum (per element)" in str(ns["Em"].plan((ns["xm"],), (ns["mparams"],)))
+
+
+def test_transforms_readme_autoguide_snippet_runs():
+    """The autoguide fragment of transforms/README.md, given what it assumes (a model, data, a
+    key and the imports), runs as written."""
+    import jax
+    import jax.numpy as jnp
+    import numpyro.distributions as nd
+    import optax
+
+    import ppl
+    from ppl.transforms import AutoNormal, Predictive, expectation
+    from ppl.transforms.fit import fit
+    from ppl.transforms.objectives import elbo
+
+    from ._snippets import python_blocks
+
+    def model(x, y=None):
+        w = ppl.sample("w", nd.Normal(0.0, 1.0).expand((2,)).to_event(1))
+        with ppl.plate("data", 64, subsample_size=x.shape[0]):
+            return ppl.sample("y", nd.Normal(x @ w, 0.5), obs=y)
+
+    x = jax.random.normal(jax.random.key(0), (64, 2))
+    ns = dict(jax=jax, optax=optax, AutoNormal=AutoNormal, Predictive=Predictive, expectation=expectation,
+              fit=fit, elbo=elbo, model=model, x=x, y=x @ jnp.array([1.0, -1.0]), x_new=x[:3],
+              key=jax.random.key(1))
+    (block,) = [b for b in python_blocks(ROOT / "transforms" / "README.md") if "guide = AutoNormal(model)" in b]
+    exec(compile(block, "transforms/README.md autoguide block", "exec"), ns)
+    np.testing.assert_allclose(ns["guide"].median(ns["r"].params)["w"], [1.0, -1.0], atol=0.1)
