@@ -9,7 +9,7 @@ estimator of each random choice chosen from :mod:`ppl.estimators`.
 from ._effects import NumPyroEffectError
 from ._interp import UnsupportedControlFlow
 from ._plate import PlateError, plate
-from ._site import deterministic, sample, set_validation
+from ._site import deterministic, sample, validation
 from .choicemap import ChoiceMap
 from .distributions import Dist, EnumerationError, as_dist
 from .interpreters import AddressMismatchError, Trace, assess, call, condition, generate, harvest, importance, replay, simulate
@@ -17,7 +17,7 @@ from .interpreters import AddressMismatchError, Trace, assess, call, condition, 
 __version__ = "0.1.0"
 
 __all__ = [
-    "sample", "deterministic", "call", "plate", "set_validation",
+    "sample", "deterministic", "call", "plate", "validation",
     "simulate", "assess", "generate", "importance", "replay", "condition", "harvest",
     "Trace", "ChoiceMap", "Dist", "as_dist", "EnumerationError", "UnsupportedControlFlow",
     "NumPyroEffectError", "PlateError", "AddressMismatchError",

@@ -13,6 +13,7 @@ Rules registered here, beside the primitive:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -25,7 +26,7 @@ from ._effects import check_no_handler
 from ._plate import check_site, current_plates
 from .distributions import BatchedDist, as_dist, is_distribution
 
-__all__ = ["sample", "deterministic", "sample_p", "det_p", "Site", "normalize_address", "bind_site"]
+__all__ = ["sample", "deterministic", "validation", "sample_p", "det_p", "Site", "normalize_address", "bind_site"]
 
 sample_p = _compat.Primitive("ppl_sample")
 det_p = _compat.Primitive("ppl_deterministic")
@@ -81,7 +82,7 @@ def sample(address, distribution, *, obs=None, estimator=None):
             f"from ppl.estimators (e.g. ppl.estimators.Reparam()), got {estimator!r}")
     leaves, treedef = jax.tree_util.tree_flatten(distribution)
     leaves = [jnp.asarray(x) for x in leaves]
-    if _validation[0]:
+    if _VALIDATION.value:
         _validate(addr, distribution)
     d = as_dist(distribution)
     out = jax.eval_shape(lambda: d.sample(jax.random.key(0)))
@@ -109,17 +110,23 @@ def deterministic(address, value):
 # ---------------------------------------------------------------------------------------
 # validation
 
-_validation = [False]
+# Whether ``validation`` is open: a thread-local JAX configuration state, part of ``jax.jit``'s
+# cache key (a function traced inside the context is retraced outside it, and back).
+_VALIDATION = _compat.jit_keyed_state("ppl_validate_parameters", False,
+                                      "ppl.validation: check distribution parameters at every site")
 
 
-def set_validation(enabled: bool = True):
-    """Check distribution parameters against their constraints at every site.
+@contextlib.contextmanager
+def validation(enabled: bool = True):
+    """``with ppl.validation():`` checks distribution parameters against their constraints.
 
-    With concrete parameters the check raises ``ValueError`` naming the address and the
-    parameter when ``sample`` is called; under ``jit`` parameters are abstract and are not
-    checked (NumPyro's own ``validate_args`` behaves the same way).
+    Inside the block, ``sample`` checks every concrete parameter and raises ``ValueError``
+    naming the address and the parameter; under ``jit`` parameters are abstract and are not
+    checked (NumPyro's own ``validate_args`` behaves the same way). The setting is local to
+    the block and the thread; ``validation(False)`` turns it off inside an enclosing block.
     """
-    _validation[0] = bool(enabled)
+    with _VALIDATION(bool(enabled)):
+        yield
 
 
 def _validate(addr, d):

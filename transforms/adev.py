@@ -85,8 +85,12 @@ def _is_float0(t):
 
 
 class _Ctx:
-    def __init__(self, select):
+    """What the whole walk shares: the estimator selector, and whether to check for non-finite
+    numbers at each site (read once from ``debug_nonfinite`` when the walk starts)."""
+
+    def __init__(self, select, debug):
         self.select = select
+        self.debug = debug
 
 
 def _read(env, v):
@@ -118,11 +122,13 @@ def _eval(eqns, i, env, key, finish, ctx):
         eqn = eqns[i]
         duals = [_read(env, v) for v in eqn.invars]
         prim = eqn.primitive
-        if prim is sample_p:
+        if prim is sample_p and eqn.params["observed"]:
+            outs = [duals[-1]]  # an observation inside an objective is just its value
+        elif prim is sample_p:
             return _site(eqns, i, env, key, finish, ctx, duals)
-        if prim.name == "cond" and any(site_addresses(b) for b in eqn.params["branches"]):
+        elif prim.name == "cond" and any(site_addresses(b) for b in eqn.params["branches"]):
             return _cond(eqns, i, env, key, finish, ctx, duals)
-        if prim is expect_p:
+        elif prim is expect_p:
             key, sub = jax.random.split(key)
             outs = _expect_adev(eqn, sub, duals, ctx)
         elif prim is det_p:
@@ -138,19 +144,15 @@ def _eval(eqns, i, env, key, finish, ctx):
 def _site(eqns, i, env, key, finish, ctx, duals):
     eqn = eqns[i]
     site = Site.from_eqn_values(eqn.params, [p for p, _ in duals])
-    if site.obs is not None:  # an observation inside an objective is just its value
-        env = dict(env)
-        env[eqn.outvars[0]] = duals[-1]
-        return _eval(eqns, i + 1, env, key, finish, ctx)
     tangents = [t for _, t in duals]
     dsite = DualSite(site, tangents, rest_is_random=_random_after(eqns, i + 1) or finish.random)
     est = ctx.select(dsite)
     outvar = eqn.outvars[0]
-    if _DEBUG[0]:
+    if ctx.debug:
         _check_site(site, [("parameter", x) for x in site.leaves] + [("parameter tangent", t) for t in tangents])
 
     def kont(k, x, dx):
-        if _DEBUG[0]:
+        if ctx.debug:
             _check_site(site, [("value", x), ("value tangent", dx),
                                ("log density", lambda: site.dist().log_prob(x))])
         env2 = dict(env)
@@ -202,9 +204,6 @@ def _cond(eqns, i, env, key, finish, ctx, duals):
 
 def adev_jvp(flat_closed, key, primals, tangents, select):
     """Dual outputs ``(outs, out_tangents)`` of a flattened objective (lists of arrays)."""
-    limit = sys.getrecursionlimit()
-    if limit < 20000:
-        sys.setrecursionlimit(20000)
     env = {}
     for v, c in zip(flat_closed.jaxpr.constvars, flat_closed.consts):
         env[v] = (c, None)
@@ -219,10 +218,71 @@ def adev_jvp(flat_closed, key, primals, tangents, select):
 
     finish.random = False
 
-    return _eval(flat_closed.jaxpr.eqns, 0, env, key, finish, _Ctx(select))
+    eqns = flat_closed.jaxpr.eqns
+    with _room_for(_continuation_points(eqns)):
+        return _eval(eqns, 0, env, key, finish, _Ctx(select, _DEBUG.value))
 
 
-_DEBUG = [False]
+# --- how deep the walk goes ---------------------------------------------------------------------
+#
+# The walk iterates over equations: ordinary equations, observations, records and nested
+# expectations add no Python frame. It recurses at *continuation points* only: a random choice
+# (its estimator calls the rest of the program, ``kont``, which walks on from there) and a
+# ``lax.cond`` holding random choices (each branch walks on into the rest of the program inside
+# ``lax.switch``). The depth is therefore bounded by the number of continuation points of the
+# flattened objective times the frames one of them adds (the estimator's own calls, JAX's
+# ``vmap``/``lax.map``/``switch`` tracing around ``kont``), not by the program's length.
+
+#: An upper bound on the Python frames one continuation point adds to the walk (measured at
+#: 7 (Reparam, ScoreFunction) to 22 (MVD) for the shipped estimators, 19 per
+#: ``lax.cond``; tests/transforms/test_adev_depth.py checks the bound).
+FRAMES_PER_POINT = 64
+
+
+def _continuation_points(eqns) -> int:
+    n = 0
+    for eqn in eqns:
+        if eqn.primitive is sample_p and not eqn.params["observed"]:
+            n += 1
+        elif eqn.primitive.name == "cond" and any(site_addresses(b) for b in eqn.params["branches"]):
+            n += 1 + max(_continuation_points(b.jaxpr.eqns) for b in eqn.params["branches"])
+    return n
+
+
+def _depth() -> int:
+    frame, n = sys._getframe(), 0
+    while frame is not None:
+        frame, n = frame.f_back, n + 1
+    return n
+
+
+@contextlib.contextmanager
+def _room_for(points: int):
+    """Make room for ``points`` continuation points above the current depth, for this walk only.
+
+    Python's recursion limit is raised only when the walk needs it (a few hundred random
+    choices at the default limit of 1000), to ``depth + FRAMES_PER_POINT * (points + 4)``,
+    and put back when the walk ends (unless something else changed it meanwhile).
+    """
+    old = sys.getrecursionlimit()
+    need = _depth() + FRAMES_PER_POINT * (points + 4)
+    if need <= old:
+        yield
+        return
+    sys.setrecursionlimit(need)
+    try:
+        yield
+    finally:
+        if sys.getrecursionlimit() == need:
+            sys.setrecursionlimit(old)
+
+
+# --- checking for non-finite numbers ----------------------------------------------------------
+
+# Whether ``debug_nonfinite`` is open: a thread-local JAX configuration state, part of
+# ``jax.jit``'s cache key (a function traced inside the context is retraced outside it).
+_DEBUG = _compat.jit_keyed_state("ppl_adev_debug_nonfinite", False,
+                                 "ppl.transforms.adev.debug_nonfinite is open")
 
 
 @contextlib.contextmanager
@@ -234,12 +294,8 @@ def debug_nonfinite():
     and its log density, and raises ``FloatingPointError`` naming the first site where one is
     not finite. ``fit(..., debug=True)`` uses it to name the site of a non-finite step.
     """
-    old = _DEBUG[0]
-    _DEBUG[0] = True
-    try:
+    with _DEBUG(True):
         yield
-    finally:
-        _DEBUG[0] = old
 
 
 def _check_site(site, items):
