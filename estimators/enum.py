@@ -110,8 +110,9 @@ class Enum(Estimator):
                 return self._per_element(key, site, pe, vals)
             k, n = site.dist().support_size()
             if k ** n > self.max_size:
-                raise self._too_large(site, k, n, k ** n, f" Not enumerated per element along plate "
-                                      f"{pe_reason(site)}.")
+                raise self._too_large(site, k, n, k ** n, f" Not per element either: {site.plate_note[1]}; "
+                                      "a rest of the objective that sums per-element terms is enumerated per "
+                                      "element (estimators/README.md, 'Along a plate').")
         vals = site.dist().enumerate(self.max_size)
         p, dp = site.jvp(lambda dd: jnp.exp(jax.vmap(lambda v: jnp.sum(dd.sampling_log_prob(v)))(vals)))
         outs, douts = call_many(kont, key, vals, self.batch_size)
@@ -133,12 +134,6 @@ class Enum(Estimator):
         if dp is not None:
             dout = [(a + jnp.tensordot(dp, po, axes=2)).astype(a.dtype) for a, po in zip(dout, pout)]
         return out, dout
-
-
-def pe_reason(site):
-    facts = getattr(site, "facts", None)
-    note = getattr(facts, "plate", None)
-    return note[1] if note else "(no plate)"
 
 
 def _per_element_values(d, axis):

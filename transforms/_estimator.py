@@ -54,11 +54,13 @@ class DualSite:
         self.tangents = tuple(tangents)
         self.rest_is_random = rest_is_random
         self.facts = None  # the plan's record of this site (set by expectation's selector)
+        self.plate_note = None
 
     def note_plate(self, applies: bool, text: str):
         """Tell the plan whether the estimator used the site's plate (per element) and how."""
+        self.plate_note = (applies, text)
         if self.facts is not None:
-            self.facts.plate = (applies, text)
+            self.facts.plate = self.plate_note
 
     def split_key(self, key):
         """``(key for this site's draws, key for the continuation)``.
