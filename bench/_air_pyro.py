@@ -4,7 +4,7 @@ Not part of the library: it imports torch and Pyro, which live only in the bench
 (``python3 -m venv .venv-bench && .venv-bench/bin/pip install torch==2.13.0 pyro-ppl numpy``).
 
 The model and guide mirror ``ppl.models.air`` term for term. The sizes and constants (canvas,
-glimpse, steps, z_what, obs_scale, prior_present) come from the ``AIRConfig`` the benchmark
+glimpse, steps, z_what, obs_scale, prior_present) come from the ``AIR`` configuration the benchmark
 writes into the .npz (hidden follows from the parameter shapes), so the twin follows
 ``models/air.py``; the benchmark's ``check`` catches any drift in the densities.
 
@@ -61,7 +61,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 from pyro.infer import SVI, JitTraceEnum_ELBO, JitTraceGraph_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
 
-# AIRConfig's fields, set from the .npz by _load (defaults: ppl's at the time of writing)
+# ppl's AIR configuration fields, set from the .npz by _load (defaults: ppl's at the time of writing)
 C = {"canvas": 16, "glimpse": 8, "max_steps": 3, "z_what": 6, "obs_scale": 0.3, "prior_present": 0.3}
 
 
@@ -167,7 +167,7 @@ _NAMES: set = set()
 
 
 def _load(data):
-    """AIRConfig into ``C``; the parameters into a fresh param store; returns their names."""
+    """The AIR configuration into ``C``; the parameters into a fresh param store; returns their names."""
     C.update({k: type(v)(data[f"cfg_{k}"]) for k, v in C.items()})
     pyro.clear_param_store()
     names = [str(n) for n in data["param_names"]]

@@ -6,7 +6,7 @@
 Canvases as bench_air.py makes them (16x16, 0-3 bundled 8x8 digits): 2000 for training from
 the digits' training images, 500 held out from their test images. Each estimator preset of
 ``air.estimator_presets()`` trains from the same initialization with Adam 1e-3 on
-``air.make_loss`` (``score-baseline`` also learns its baseline ``b(x)``) for ``--budget-s``
+``ppl.models.losses.make_loss`` (``score-baseline`` also learns its baseline ``b(x)``) for ``--budget-s``
 seconds of training (or ``--steps``). Every ``--eval-every`` steps (one chunk of ``fit``) it
 records the training seconds so far, the mean training ELBO of the chunk, the held-out ELBO
 (one guide draw per held-out canvas, the same key at every point) and the held-out count
@@ -34,6 +34,9 @@ import optax
 
 from ppl.estimators import Baseline
 from ppl.models import air, data
+from ppl.models.losses import make_loss
+from ppl.transforms import expectation
+from ppl.transforms import objectives as O
 from ppl.transforms.fit import fit
 
 
@@ -41,22 +44,22 @@ class _OutOfTime(Exception):
     pass
 
 
-def _evaluate(params, x, counts, key, cfg):
-    lw, n, _ = air.infer(key, params, x, cfg)
+def _evaluate(params, x, counts, key, m):
+    lw, n, _ = m.infer(key, params, x)
     n, counts = np.asarray(n).astype(int), np.asarray(counts)
     confusion = np.zeros((4, 4), int)
     np.add.at(confusion, (counts, np.clip(n, 0, 3)), 1)
     return float(np.mean(lw)), float(np.mean(n == counts)), confusion
 
 
-def run_one(label, est, p0, cfg, x, xt, ct, a):
+def run_one(label, est, p0, m, x, xt, ct, a):
     """Train one preset; returns its curve as a dict."""
     params = dict(p0)
     if any(isinstance(e, Baseline) for e in est.values()):
-        params["baseline"] = air.init_baseline(jax.random.key(100 + a.seed), cfg)
-    loss = air.make_loss(est, cfg)
+        params["baseline"] = m.init_baseline(jax.random.key(100 + a.seed))
+    loss = make_loss(expectation(O.elbo(m.model, m.guide), estimators=est))
     eval_key = jax.random.key(7)
-    e0, acc0, _ = _evaluate(params, xt, ct, eval_key, cfg)
+    e0, acc0, _ = _evaluate(params, xt, ct, eval_key, m)
     points = [{"step": 0, "seconds": 0.0, "train_elbo": None, "test_elbo": e0, "count_accuracy": acc0}]
     chunks: list[float] = []  # raw wall-clock seconds of each chunk (the first includes compilation)
     last = {"t": time.perf_counter(), "state": None}
@@ -67,7 +70,7 @@ def run_one(label, est, p0, cfg, x, xt, ct, a):
     def callback(step, state, losses):
         chunks.append(time.perf_counter() - last["t"])
         last["state"] = state
-        e, acc, conf = _evaluate(state.params, xt, ct, eval_key, cfg)
+        e, acc, conf = _evaluate(state.params, xt, ct, eval_key, m)
         points.append({"step": int(step), "seconds": None, "train_elbo": float(-np.mean(losses)),
                        "test_elbo": e, "count_accuracy": acc})
         last["confusion"] = conf.tolist()
@@ -156,20 +159,20 @@ def main(argv=None):
         a.steps, a.eval_every, a.batch = 4, 2, 4
     if a.eval_every < 1 or (a.steps is not None and a.steps < 1) or a.budget_s <= 0:
         ap.error("--eval-every, --steps and --budget-s must be positive")
-    cfg = air.AIRConfig(hidden=16) if a.quick else air.AIRConfig()
+    m = air.AIR(hidden=16) if a.quick else air.AIR()
     n_train, n_test = (64, 32) if a.quick else (2000, 500)
 
     ds = data.load("digits")
-    x, _ = air.make_canvases(jax.random.key(0), ds.images(ds.x_train), n_train, cfg)
-    xt, ct = air.make_canvases(jax.random.key(1), ds.images(ds.x_test), n_test, cfg)
-    p0 = air.init_params(jax.random.key(2 + a.seed), cfg)
+    x, _ = m.make_canvases(jax.random.key(0), ds.images(ds.x_train), n_train)
+    xt, ct = m.make_canvases(jax.random.key(1), ds.images(ds.x_test), n_test)
+    p0 = m.init_params(jax.random.key(2 + a.seed))
     budget = f"{a.steps} steps" if a.steps is not None else f"{a.budget_s:g} s"
     print(f"AIR curves: {n_train} training / {n_test} held-out canvases, batch {a.batch}, Adam {a.lr:g}, "
-          f"{budget} per estimator, evaluation every {a.eval_every} steps; {cfg}", flush=True)
+          f"{budget} per estimator, evaluation every {a.eval_every} steps; {m}", flush=True)
 
     curves = {}
     for label in labels:
-        curves[label] = c = run_one(label, presets[label], p0, cfg, x, xt, ct, a)
+        curves[label] = c = run_one(label, presets[label], p0, m, x, xt, ct, a)
         fin = c["points"][-1]
         comp = "n/a" if c["compile_s"] is None else f"{c['compile_s']:.0f}"
         print(f"{label:15s} compile {comp:>4s} s  {c['seconds_per_100_steps']:5.2f} s/100 steps  "
@@ -178,7 +181,7 @@ def main(argv=None):
               flush=True)
 
     os.makedirs(a.out, exist_ok=True)
-    meta = {"config": {**vars(a), "air": dataclasses.asdict(cfg),
+    meta = {"config": {**vars(a), "air": dataclasses.asdict(m),
                        "train_canvases": n_train, "test_canvases": n_test},
             "jax": jax.__version__, "cpu_count": os.cpu_count()}
     path = os.path.join(a.out, "air_curves.json")

@@ -8,14 +8,14 @@ into ``.venv`` or the project's dependencies); create it once:
     python3 -m venv .venv-bench
     .venv-bench/bin/pip install torch==2.13.0 pyro-ppl numpy
 
-Setup: 1000 canvases 16x16 with 0-3 digits from ppl's ``air.make_canvases`` (saved to a
-temporary .npz that the Pyro side reads), ppl's ``AIRConfig`` and initial parameters (Pyro
+Setup: 1000 canvases 16x16 with 0-3 digits from ppl's ``AIR.make_canvases`` (saved to a
+temporary .npz that the Pyro side reads), ppl's ``AIR`` configuration and initial parameters (Pyro
 loads the same values), Adam(1e-3), minibatches of ``--batch``, ``--segment + --steps`` steps
 per system, float32. Rows, in groups:
 
 - ppl ``ScoreFunction`` (no baseline) | Pyro ``TraceGraph_ELBO`` (no baseline) and
   ``JitTraceGraph_ELBO``;
-- ppl ``"score-baseline"`` (ScoreFunction with the learned baseline ``b(x)`` of ``air.make_loss``)
+- ppl ``"score-baseline"`` (ScoreFunction with the learned baseline ``b(x)`` of ``ppl.models.losses.make_loss``)
   | ``TraceGraph_ELBO`` with the same MLP, same initial values, as each presence site's
   ``baseline_value`` (Pyro trains it by its own squared-error baseline loss);
 - ppl ``Enum`` | ``TraceEnum_ELBO`` with the guide's presence sites enumerated in parallel, and
@@ -39,8 +39,8 @@ Pyro rows meaningful; look at the load column either way.
 Before training, a check: per-example ``log p(x, z)`` and ``log q(z | x)`` of both programs at
 the same choices (drawn by ppl's guide) must agree to float32 rounding (else the script stops:
 ``models/air.py`` changed and ``bench/_air_pyro.py`` must follow). After training, every
-system's parameters are scored by the same code (ppl's ``air.elbo``, four guide draws per
-canvas with the same keys; ``air.count_accuracy``) on 300 held-out canvases. Nothing here is
+system's parameters are scored by the same code (ppl's ``AIR.elbo``, four guide draws per
+canvas with the same keys; ``AIR.count_accuracy``) on 300 held-out canvases. Nothing here is
 asserted in tests.
 """
 import argparse
@@ -59,11 +59,15 @@ import optax
 
 import ppl
 from ppl.models import air, data
+from ppl.models.losses import make_loss
+from ppl.transforms import expectation
+from ppl.transforms import objectives as O
 from ppl.transforms.fit import fit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VENV_PY = os.path.join(HERE, "..", ".venv-bench", "bin", "python")
 PYRO_SCRIPT = os.path.join(HERE, "_air_pyro.py")
+AIR = air.AIR()  # the benchmark's AIR: the default configuration
 
 
 def _require_venv():
@@ -83,8 +87,8 @@ def _flatten(params):
 def _per_example_densities(key, params, x):
     """ppl's guide draws choices per canvas; returns (choices by "name/step", log p, log q)."""
     def one(k, xi):
-        tr = ppl.simulate(air.guide)(k, params["phi"], xi[None])
-        lp, _ = ppl.assess(air.model)(tr.choices, params["theta"], xi[None])
+        tr = ppl.simulate(AIR.guide)(k, params["phi"], xi[None])
+        lp, _ = ppl.assess(AIR.model)(tr.choices, params["theta"], xi[None])
         return tr.choices, lp, tr.score
 
     ch, lp, lq = jax.vmap(one)(jax.random.split(key, x.shape[0]), x)
@@ -137,7 +141,7 @@ def _summary(segment_times, segment, elbo, first_step=None, step_median=None):
     return {"per100": 100 * steady / segment, "compile": warm, "elbo": np.asarray(elbo)}
 
 
-def _group(est, params0, pyro_objectives, x, npz, tmp, cfg, a):
+def _group(est, params0, pyro_objectives, x, npz, tmp, m, a):
     """ppl's fit with the group's Pyro processes stepping between its chunks."""
     procs = [_Pyro(o, npz, a) for o in pyro_objectives]
     chunks, mark = [], [0.0]
@@ -149,7 +153,8 @@ def _group(est, params0, pyro_objectives, x, npz, tmp, cfg, a):
         mark[0] = time.perf_counter()
 
     mark[0] = time.perf_counter()
-    r = fit(air.make_loss(est, cfg), optax.adam(1e-3), params0, key=jax.random.key(2),
+    loss = make_loss(expectation(O.elbo(m.model, m.guide), estimators=est))
+    r = fit(loss, optax.adam(1e-3), params0, key=jax.random.key(2),
             num_steps=a.segment + a.steps, data=x, batch_size=a.batch, chunk=a.segment, progress=False,
             callbacks=[between_chunks], compiler_options=air.compiler_options() if a.fused_dots else None)
     out = [(r.params, _summary(chunks, a.segment, -np.asarray(r.history)))]
@@ -166,8 +171,8 @@ def _group(est, params0, pyro_objectives, x, npz, tmp, cfg, a):
 
 def _evaluate(params, x_eval, c_eval, keys=4):
     """Mean single-sample ELBO per canvas (over ``keys`` guide draws) and count accuracy, ppl's code."""
-    e = np.mean([float(air.elbo(jax.random.key(100 + i), params, x_eval)) for i in range(keys)])
-    acc = float(air.count_accuracy(jax.random.key(200), params, x_eval, c_eval))
+    e = np.mean([float(AIR.elbo(jax.random.key(100 + i), params, x_eval)) for i in range(keys)])
+    acc = float(AIR.count_accuracy(jax.random.key(200), params, x_eval, c_eval))
     return e, acc
 
 
@@ -195,11 +200,11 @@ def main():
     _require_venv()
 
     ds = data.load("digits")
-    cfg = air.AIRConfig()
-    x, _ = air.make_canvases(jax.random.key(0), ds.images(ds.x_train), 1000, cfg)
-    x_eval, c_eval = air.make_canvases(jax.random.key(3), ds.images(ds.x_test), 60 if a.quick else 300, cfg)
-    p0 = air.init_params(jax.random.key(1), cfg)
-    p_base = {**p0, "baseline": air.init_baseline(jax.random.key(5), cfg)}
+    m = AIR
+    x, _ = m.make_canvases(jax.random.key(0), ds.images(ds.x_train), 1000)
+    x_eval, c_eval = m.make_canvases(jax.random.key(3), ds.images(ds.x_test), 60 if a.quick else 300)
+    p0 = m.init_params(jax.random.key(1))
+    p_base = {**p0, "baseline": m.init_baseline(jax.random.key(5))}
     names, values, treedef = _flatten(p_base)
     ch, lp, lq = _per_example_densities(jax.random.key(4), p0, x_eval[:16])
     presets = air.estimator_presets()
@@ -216,7 +221,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="ppl-bench-air-pyro-") as tmp:
         npz = os.path.join(tmp, "air.npz")
         np.savez(npz, x=np.asarray(x), param_names=np.array(names), check_x=np.asarray(x_eval[:16]),
-                 **{f"cfg_{k}": v for k, v in dataclasses.asdict(cfg).items()},
+                 **{f"cfg_{k}": v for k, v in dataclasses.asdict(m).items()},
                  **{f"param_{j}": v for j, v in enumerate(values)}, **{f"choice:{k}": v for k, v in ch.items()})
         out = os.path.join(tmp, "check.json")
         subprocess.run([VENV_PY, PYRO_SCRIPT, "check", "--data", npz, "--out", out], check=True)
@@ -241,7 +246,7 @@ def main():
         info = None
         for label, est, params0, pyro_rows in groups:
             load0 = os.getloadavg()[0]
-            results = _group(est, params0, [o for _, o in pyro_rows], x, npz, tmp, cfg, a)
+            results = _group(est, params0, [o for _, o in pyro_rows], x, npz, tmp, m, a)
             load = f"{load0:.1f}-{os.getloadavg()[0]:.1f}"
             ref = results[0][1]["per100"]
             for (system, lab), (params, r) in zip([("ppl", label)] + [("pyro", l) for l, _ in pyro_rows], results):

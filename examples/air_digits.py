@@ -8,7 +8,8 @@ import os
 import jax
 import optax
 
-from ppl.models import _plots, _tasks, air, data
+from ppl.models import _plots, air, data
+from ppl.models.losses import make_loss
 from ppl.transforms import expectation
 from ppl.transforms import objectives as O
 from ppl.transforms.fit import fit
@@ -22,21 +23,21 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="tiny networks (smoke test)")
     a = ap.parse_args()
     ds = data.load("digits")
-    cfg = air.AIRConfig(hidden=16 if a.tiny else 64)
-    x, c = air.make_canvases(jax.random.key(0), ds.images(ds.x_train), 2000, cfg)
-    xt, ct = air.make_canvases(jax.random.key(1), ds.images(ds.x_test), 300, cfg)
-    params = air.init_params(jax.random.key(2), cfg)
-    E = expectation(O.elbo(*air.programs(cfg)), estimators=air.estimator_presets()[a.presence])
+    m = air.AIR(hidden=16 if a.tiny else 64)
+    x, c = m.make_canvases(jax.random.key(0), ds.images(ds.x_train), 2000)
+    xt, ct = m.make_canvases(jax.random.key(1), ds.images(ds.x_test), 300)
+    params = m.init_params(jax.random.key(2))
+    E = expectation(O.elbo(m.model, m.guide), estimators=air.estimator_presets()[a.presence])
     print(E.plan((params["theta"], x[:1]), (params["phi"], x[:1])))
-    loss = _tasks.make_loss(E, air.model_args, air.guide_args, per_example=True, binarized=False)
+    loss = make_loss(E)
     res = fit(loss, optax.adam(1e-3), params, key=jax.random.key(3), num_steps=a.steps, data=x,
               batch_size=4 if a.tiny else 32, chunk=min(100, max(a.steps, 1)),
               compiler_options=air.compiler_options())
-    print(f"test ELBO {float(air.elbo(jax.random.key(4), res.params, xt, cfg)):.2f}  "
-          f"count accuracy {float(air.count_accuracy(jax.random.key(5), res.params, xt, ct, cfg)):.3f}")
+    print(f"test ELBO {float(m.elbo(jax.random.key(4), res.params, xt)):.2f}  "
+          f"count accuracy {float(m.count_accuracy(jax.random.key(5), res.params, xt, ct)):.3f}")
     os.makedirs(a.out, exist_ok=True)
     print(_plots.learning_curve(os.path.join(a.out, "air_learning_curve.png"), res.history))
-    print(air.plot_boxes(os.path.join(a.out, "air_boxes.png"), res.params, xt[:8], ct[:8], cfg))
+    print(m.plot_boxes(os.path.join(a.out, "air_boxes.png"), res.params, xt[:8], ct[:8]))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from ppl.models import _plots, data, dvae
+from ppl.models.losses import make_loss
 from ppl.transforms import expectation
 from ppl.transforms import objectives as O
 from ppl.transforms.fit import fit
@@ -34,7 +35,7 @@ def main():
     print(f"{'estimator':28s} {'var total':>12s} {'var phi':>12s} {'var theta':>12s} {'final loss':>10s}")
     for label, (objective, est) in suite.items():
         obj = O.vimco(dvae.model, dvae.guide, 4) if objective == "vimco" else O.elbo(dvae.model, dvae.guide)
-        loss = dvae.make_loss(expectation(obj, estimators=est))
+        loss = make_loss(expectation(obj, estimators=est), binarized=True)
         v = dvae.gradient_variance(loss, params, batch, jax.random.key(1), 4 if a.tiny else a.estimates)
         res = fit(loss, optax.adam(1e-3), params, key=jax.random.key(2), num_steps=a.steps,
                   data=jnp.asarray(ds.x_train), batch_size=8 if a.tiny else 32, chunk=min(250, max(a.steps, 1)))

@@ -15,7 +15,8 @@ import numpyro.distributions as nd
 import optax
 
 import ppl
-from ppl.models import _plots, _tasks, data
+from ppl.models import _plots, data
+from ppl.models.losses import make_loss
 from ppl.transforms import expectation
 from ppl.transforms import objectives as O
 from ppl.transforms.fit import fit
@@ -52,8 +53,7 @@ def main():
     params = {"theta": dec_p, "phi": enc_p}
     xt = jnp.asarray(data.binarize_static(ds.x_test))
     print(E.plan((dec_p, xt[:64]), (enc_p, xt[:64])))
-    loss = _tasks.make_loss(E, lambda p, x: (p["theta"], x), lambda p, x: (p["phi"], x),
-                            per_example=False, binarized=True)
+    loss = make_loss(E, per_example=False, binarized=True)  # params = {"theta": ..., "phi": ...}
     res = fit(loss, optax.adam(1e-3), params, key=jax.random.key(1), num_steps=a.steps,
               data=jnp.asarray(ds.x_train), batch_size=64, chunk=min(250, max(a.steps, 1)))
     elbo = E.estimate(jax.random.key(2), (res.params["theta"], xt), (res.params["phi"], xt)) / xt.shape[0]

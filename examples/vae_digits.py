@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ppl.models import _plots, _tasks, data, vae
+from ppl.models import _plots, data, vae
+from ppl.models.losses import make_loss
 from ppl.transforms import expectation
 from ppl.transforms import objectives as O
 from ppl.transforms.fit import fit
@@ -30,7 +31,7 @@ def main():
     E = expectation(obj)
     xt = jnp.asarray(data.binarize_static(ds.x_test))
     print(E.plan((params["theta"], xt[:64]), (params["phi"], xt[:64])))
-    loss = _tasks.make_loss(E, vae.model_args, vae.guide_args, per_example=a.objective != "elbo", binarized=True)
+    loss = make_loss(E, per_example=a.objective != "elbo", binarized=True)
     res = fit(loss, optax.adam(1e-3), params, key=jax.random.key(1), num_steps=a.steps,
               data=jnp.asarray(ds.x_train), batch_size=64, chunk=min(250, max(a.steps, 1)))
     ll = vae.log_likelihood(jax.random.key(2), res.params, xt, 10 if a.tiny else 1000)

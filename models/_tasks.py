@@ -13,28 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppl.distributions import tfp_distributions
+
 from . import _plots
-from .data import binarize, binarize_static
+from .data import binarize_static
+from .losses import make_loss
 
 # Objectives whose value is a sum over the examples of a batched site (so the whole
 # minibatch can be one site); the others are per-example (IWAE, VIMCO) and are vmapped.
 BATCHABLE = ("elbo", "elbo-stl")
-
-
-def make_loss(E, model_args, guide_args, *, per_example: bool, binarized: bool):
-    """``loss(key, params, batch)``: minus the objective per example (binarizing dynamically)."""
-    def loss(key, params, batch):
-        k_bin, k_est = jax.random.split(key)
-        x = binarize(k_bin, batch) if binarized else batch
-        if not per_example:
-            return -E.estimate(k_est, model_args(params, x), guide_args(params, x)) / x.shape[0]
-
-        def one(k, xi):
-            xi = xi[None]
-            return E.estimate(k, model_args(params, xi), guide_args(params, xi))
-
-        return -jnp.mean(jax.vmap(one)(jax.random.split(k_est, x.shape[0]), x))
-    return loss
 
 
 #: Default particles K of the test log-likelihood, per data set: MNIST's 10,000 test images at
@@ -63,7 +50,7 @@ class Task:
     guide: Callable
     train: object
     init: Callable
-    loss: Callable  # E -> loss(key, params, batch)
+    loss: Callable  # E -> loss(key, params, batch) (losses.make_loss)
     plan: Callable  # E -> Plan
     metrics: Callable  # (key, params) -> dict
     plots: Callable  # (out, params, history) -> list of paths
@@ -113,13 +100,14 @@ def vae(args, ds):
 
     return Task(ds.name, V.model, V.guide, jnp.asarray(ds.x_train),
                 lambda key: V.init_params(key, cfg, data_mean=ds.x_train.mean(0)),
-                lambda E: make_loss(E, V.model_args, V.guide_args, per_example=per_ex, binarized=True),
+                lambda E: make_loss(E, per_example=per_ex, binarized=True),
                 _plan_fn(ma, ga, x_test[:args.batch_size], per_ex), metrics, plots)
 
 
 def dvae(args, ds):
     from . import dvae as D
 
+    tfp_distributions("--model dvae")  # its latents are TFP Bernoulli: say so before anything is built
     cfg = D.DVAEConfig(data_dim=ds.num_features, latent_dim=args.latent or 8, hidden=(args.hidden or 64,))
     params0 = D.init_params(jax.random.key(0), cfg)
     x_test = jnp.asarray(binarize_static(ds.x_test))
@@ -137,37 +125,37 @@ def dvae(args, ds):
 
     return Task(ds.name, D.model, D.guide, jnp.asarray(ds.x_train),
                 lambda key: D.init_params(key, cfg, data_mean=ds.x_train.mean(0)),
-                lambda E: make_loss(E, D.model_args, D.guide_args, per_example=True, binarized=True),
+                lambda E: make_loss(E, binarized=True),
                 _plan_fn(ma, ga, x_test[:1], True), metrics, plots)
 
 
 def air(args, ds):
     from . import air as A
 
+    tfp_distributions("--model air")  # its presences are TFP Bernoulli: say so before anything is built
     if ds.image_shape != (8, 8):
         # MNIST digits are downsampled to the glimpse size so canvases stay small.
         imgs = np.asarray(jax.image.resize(jnp.asarray(ds.images(ds.x_train[:5000])), (5000, 8, 8), "linear"))
     else:
         imgs = ds.images(ds.x_train)
-    cfg = A.AIRConfig(hidden=args.hidden or 64)
-    x_train, c_train = A.make_canvases(jax.random.key(11), imgs, 2000, cfg)
-    x_test, c_test = A.make_canvases(jax.random.key(12), imgs if ds.image_shape != (8, 8) else ds.images(ds.x_test), 300, cfg)
-    params0 = A.init_params(jax.random.key(0), cfg)
+    air_model = A.AIR(hidden=args.hidden or 64)
+    x_train, c_train = air_model.make_canvases(jax.random.key(11), imgs, 2000)
+    x_test, c_test = air_model.make_canvases(jax.random.key(12), imgs if ds.image_shape != (8, 8) else ds.images(ds.x_test), 300)
+    params0 = air_model.init_params(jax.random.key(0))
     ma = lambda p, x: A.model_args(p or params0, x)  # noqa: E731
     ga = lambda p, x: A.guide_args(p or params0, x)  # noqa: E731
 
     def metrics(key, params):
         k1, k2 = jax.random.split(key)
-        return {"test_elbo": float(A.elbo(k1, params, x_test, cfg)),
-                "count_accuracy": float(A.count_accuracy(k2, params, x_test, c_test, cfg))}
+        return {"test_elbo": float(air_model.elbo(k1, params, x_test)),
+                "count_accuracy": float(air_model.count_accuracy(k2, params, x_test, c_test))}
 
     def plots(out, params, history):
         xs = x_test[:8]
         paths = [_plots.learning_curve(os.path.join(out, "learning_curve.png"), history, title="AIR: training loss"),
-                 A.plot_boxes(os.path.join(out, "boxes.png"), params, xs, c_test[:8], cfg)]
+                 air_model.plot_boxes(os.path.join(out, "boxes.png"), params, xs, c_test[:8])]
         return [p for p in paths if p is not None]
 
-    return Task(f"{ds.name} canvases ({cfg.canvas}x{cfg.canvas}, 0-{cfg.max_steps} digits)", *A.programs(cfg),
-                x_train, lambda key: A.init_params(key, cfg),
-                lambda E: make_loss(E, A.model_args, A.guide_args, per_example=True, binarized=False),
+    return Task(f"{ds.name} canvases ({air_model.canvas}x{air_model.canvas}, 0-{air_model.max_steps} digits)",
+                air_model.model, air_model.guide, x_train, air_model.init_params, make_loss,
                 _plan_fn(ma, ga, x_test[:1], True), metrics, plots, A.compiler_options())

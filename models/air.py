@@ -18,10 +18,18 @@ Sites: ``("present", i)`` (TFP Bernoulli, float values: ScoreFunction by default
 LeaveOneOut apply), ``("where", i)`` and ``("what", i)`` (Normal, Reparam by default).
 :func:`hybrid_estimators` mixes estimators per step as in the PLDI 2024 paper's AIR figure.
 
-Training: :func:`make_loss` is minus the ELBO per canvas; with a learned baseline
-(:func:`init_baseline`, ``params["baseline"]``) every ``Baseline`` estimator it is given gets
-``b(x)``, an MLP of the canvas trained towards ``E[ELBO | x]`` (the ``"score-baseline"``
-preset; Pyro's AIR also gives its score-function presence terms a learned baseline).
+The model is an object built from its configuration, :class:`AIR` (``AIR(hidden=16)``): its
+programs (``air.model``, ``air.guide``), parameters, canvases and evaluation all read their sizes
+and settings from it; parameters or canvases of other sizes are refused at trace time, naming
+the setting. Training: :func:`ppl.models.losses.make_loss` (minus the ELBO per canvas); with a
+learned baseline (:meth:`AIR.init_baseline`, ``params["baseline"]``) every ``Baseline``
+estimator gets ``b(x)``, an MLP of the canvas trained towards ``E[ELBO | x]`` (the
+``"score-baseline"`` preset; Pyro's AIR also gives its score-function presence terms a learned
+baseline).
+
+The presence sites are TFP distributions: building the programs needs the ``tfp`` extra
+(``pip install 'ppl[tfp]'``); without it they raise
+:class:`~ppl.distributions.MissingExtraError` naming it (importing this module does not need it).
 
 Why ``prior_present = 0.3`` (it was 0.5): in this augmented model a step's ``where``/``what``
 terms are paid whether or not the step is present, so at 0.5 a blank object costs nothing
@@ -41,32 +49,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
-from tensorflow_probability.substrates import jax as tfp
 
 import ppl
 
+from ppl.distributions import tfp_distributions
 from ppl.estimators import MVD, Baseline, Enum
-from ppl.transforms import expectation
-from ppl.transforms import objectives as O
 
+from . import losses
+from .losses import guide_args, model_args
 from .nets import dense_apply, dense_init, mlp_apply, mlp_init
 
-tfd = tfp.distributions
-
-__all__ = ["AIRConfig", "make_canvases", "init_params", "model", "guide", "model_args", "guide_args",
-           "elbo", "count_accuracy", "infer", "hybrid_estimators", "estimator_presets", "plot_boxes",
-           "place", "extract", "init_baseline", "make_loss", "programs", "check_config", "compiler_options"]
-
-
-@dataclasses.dataclass(frozen=True)
-class AIRConfig:
-    canvas: int = 16
-    glimpse: int = 8
-    max_steps: int = 3
-    z_what: int = 6
-    hidden: int = 64
-    obs_scale: float = 0.3
-    prior_present: float = 0.3  # per step; 0.5 lets blank objects stand in for absent ones
+__all__ = ["AIR", "model_args", "guide_args", "hybrid_estimators", "estimator_presets", "place", "extract",
+           "compiler_options"]
 
 
 def _tent(p, n: int):
@@ -113,179 +107,177 @@ def extract(image, where, glimpse: int):
     return _bilinear(image, py, px)
 
 
-def make_canvases(key, digits, n: int, cfg: AIRConfig = AIRConfig()):
-    """``(x (n, C*C) float32 in [0, 1], counts (n,) int32)``: 0..T digits pasted at random places."""
-    digits = np.asarray(digits, np.float32)
-    g, c, t = cfg.glimpse, cfg.canvas, cfg.max_steps
-    if digits.shape[1:] != (g, g):
-        raise ValueError(f"make_canvases: digits must be {g}x{g} images, got shape {digits.shape[1:]}")
-    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
-    rng = np.random.default_rng(seed)
-    counts = rng.integers(0, t + 1, n)
-    x = np.zeros((n, c, c), np.float32)
-    for i in range(n):
-        for _ in range(counts[i]):
-            r, q = rng.integers(0, c - g + 1, 2)
-            x[i, r:r + g, q:q + g] += digits[rng.integers(len(digits))]
-    return jnp.asarray(np.clip(x, 0, 1).reshape(n, c * c)), jnp.asarray(counts, jnp.int32)
+@dataclasses.dataclass(frozen=True)
+class AIR:
+    """Attend-Infer-Repeat with its configuration: sizes and settings, all in one place.
 
-
-def init_params(key, cfg: AIRConfig = AIRConfig()) -> dict:
-    k = jax.random.split(key, 5)
-    c2, g2, h = cfg.canvas**2, cfg.glimpse**2, cfg.hidden
-    theta = {"dec": mlp_init(k[0], [cfg.z_what, h, g2])}
-    phi = {"rnn": mlp_init(k[1], [c2 + h + 3 + cfg.z_what + 1, h]),  # reads [x, h, where, what, alive]
-           "pres": dense_init(k[2], h, 1, scale=0.1),
-           "where": dense_init(k[3], h, 6, scale=0.1),
-           "what": mlp_init(k[4], [g2 + h, h, 2 * cfg.z_what], final_scale=0.1)}
-    return {"theta": theta, "phi": phi}
-
-
-def _cfg_of(params_theta, x):
-    g = int(round(params_theta["dec"][-1]["b"].shape[0] ** 0.5))
-    c = int(round(x.shape[-1] ** 0.5))
-    return g, c, params_theta["dec"][0]["w"].shape[0]
-
-
-def model(theta, x, cfg: AIRConfig = AIRConfig()):
-    """``p(counts, where, what) p(x | ...)`` for canvases ``x`` (B, C*C)."""
-    b = x.shape[0]
-    g, c, zw = _cfg_of(theta, x)
-    canvas = jnp.zeros((b, c, c))
-    alive = jnp.ones((b,))
-    prior = jnp.log(cfg.prior_present) - jnp.log1p(-cfg.prior_present)
-    for i in range(cfg.max_steps):
-        pres = ppl.sample(("present", i), tfd.Bernoulli(logits=jnp.full((b,), prior), dtype=jnp.float32))
-        where = ppl.sample(("where", i), nd.Normal(jnp.zeros((b, 3)), 1.0).to_event(1))
-        what = ppl.sample(("what", i), nd.Normal(jnp.zeros((b, zw)), 1.0).to_event(1))
-        alive = alive * pres
-        glimpse = jax.nn.sigmoid(mlp_apply(theta["dec"], what)).reshape(b, g, g)
-        canvas = canvas + alive[:, None, None] * jax.vmap(place, (0, 0, None))(glimpse, where, c)
-    ppl.sample("x", nd.Normal(canvas.reshape(b, -1), cfg.obs_scale).to_event(1), obs=x)
-    return canvas
-
-
-def guide(phi, x, cfg: AIRConfig = AIRConfig()):
-    """``q(present, where, what | x)``: recurrent over steps; returns the per-step choices."""
-    b = x.shape[0]
-    h = jnp.zeros((b, phi["rnn"][0]["b"].shape[0]))
-    zw = phi["what"][-1]["b"].shape[0] // 2
-    g = int(round((phi["what"][0]["w"].shape[0] - h.shape[1]) ** 0.5))
-    c = int(round(x.shape[-1] ** 0.5))
-    where, what, alive = jnp.zeros((b, 3)), jnp.zeros((b, zw)), jnp.ones((b, 1))
-    # the recurrent layer reads [x, h, where, what, alive] (alive: the previous steps' presence,
-    # 1 until the first absent step); the canvas' share of its product is the same at every
-    # step, so it is computed once (same values as the concatenated product)
-    first, rest = phi["rnn"][0], phi["rnn"][1:]
-    w_x, w_state = first["w"][:x.shape[-1]], first["w"][x.shape[-1]:]
-    xw = x @ w_x + first["b"]
-    out = []
-    for i in range(cfg.max_steps):
-        pre = xw + jnp.concatenate([h, where, what, alive], -1) @ w_state
-        h = jnp.tanh(mlp_apply(rest, jnp.tanh(pre)) if rest else pre)
-        pres = ppl.sample(("present", i), tfd.Bernoulli(logits=dense_apply(phi["pres"], h)[:, 0] + 1.0, dtype=jnp.float32))
-        wl, ws = jnp.split(dense_apply(phi["where"], h), 2, -1)
-        where = ppl.sample(("where", i), nd.Normal(wl, jax.nn.softplus(ws - 1.0) + 1e-3).to_event(1))
-        glimpse = jax.vmap(extract, (0, 0, None))(x.reshape(b, c, c), where, g).reshape(b, -1)
-        ql, qs = jnp.split(mlp_apply(phi["what"], jnp.concatenate([glimpse, h], -1)), 2, -1)
-        what = ppl.sample(("what", i), nd.Normal(ql, jax.nn.softplus(qs + 0.5413) + 1e-3).to_event(1))
-        alive = alive * pres[:, None]
-        out.append((pres, where, what))
-    return out
-
-
-def model_args(params, x):
-    return (params["theta"], x)
-
-
-def guide_args(params, x):
-    return (params["phi"], x)
-
-
-def programs(cfg: AIRConfig = AIRConfig()):
-    """``(model, guide)`` for ``cfg`` (the module-level ones use the default ``AIRConfig()``).
-
-    The network sizes are read from the parameters; ``max_steps``, ``obs_scale`` and
-    ``prior_present`` come from ``cfg`` only, so a model trained with a non-default config must
-    be scored with the same config (every function here takes it).
+    ``canvas`` x ``canvas`` images hold up to ``max_steps`` objects, each a ``glimpse`` x
+    ``glimpse`` image decoded from ``z_what`` latents; ``hidden`` units in the guide's
+    recurrent layer, the decoder and the baseline; pixel noise ``obs_scale``; prior probability
+    ``prior_present`` per step. Frozen and hashable: its methods compile once per configuration.
     """
-    if cfg == AIRConfig():
-        return model, guide
-    return functools.partial(model, cfg=cfg), functools.partial(guide, cfg=cfg)
 
+    canvas: int = 16
+    glimpse: int = 8
+    max_steps: int = 3
+    z_what: int = 6
+    hidden: int = 64
+    obs_scale: float = 0.3
+    prior_present: float = 0.3  # per step; 0.5 lets blank objects stand in for absent ones
 
-def check_config(params, x, cfg: AIRConfig) -> None:
-    """Raise ``ValueError`` when ``params`` or canvases ``x`` do not have ``cfg``'s sizes."""
-    g, c, zw = _cfg_of(params["theta"], x)
-    got = {"canvas": c, "glimpse": g, "z_what": zw, "hidden": params["phi"]["rnn"][0]["b"].shape[0]}
-    bad = {k: v for k, v in got.items() if getattr(cfg, k) != v}
-    if bad:
-        raise ValueError(f"AIR: the parameters / canvases have {bad} but the AIRConfig says "
-                         f"{ {k: getattr(cfg, k) for k in bad} }; pass the config they were made with")
+    def __post_init__(self):
+        sizes = {k: getattr(self, k) for k in ("canvas", "glimpse", "max_steps", "z_what", "hidden")}
+        bad = {k: v for k, v in sizes.items() if not (isinstance(v, (int, np.integer)) and v >= 1)}
+        if bad:
+            raise ValueError(f"AIR: sizes must be positive integers, got {bad}")
+        if self.glimpse > self.canvas:
+            raise ValueError(f"AIR: glimpse {self.glimpse} is larger than the canvas {self.canvas}")
+        if not self.obs_scale > 0:
+            raise ValueError(f"AIR: obs_scale must be > 0, got {self.obs_scale}")
+        if not 0 < self.prior_present < 1:
+            raise ValueError(f"AIR: prior_present must lie in (0, 1), got {self.prior_present}")
 
+    # --- data and parameters -------------------------------------------------------------------
+    def make_canvases(self, key, digits, n: int):
+        """``(x (n, C*C) float32 in [0, 1], counts (n,) int32)``: 0..T digits pasted at random places."""
+        digits = np.asarray(digits, np.float32)
+        g, c, t = self.glimpse, self.canvas, self.max_steps
+        if digits.shape[1:] != (g, g):
+            raise ValueError(f"make_canvases: digits must be {g}x{g} images, got shape {digits.shape[1:]}")
+        seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+        rng = np.random.default_rng(seed)
+        counts = rng.integers(0, t + 1, n)
+        x = np.zeros((n, c, c), np.float32)
+        for i in range(n):
+            for _ in range(counts[i]):
+                r, q = rng.integers(0, c - g + 1, 2)
+                x[i, r:r + g, q:q + g] += digits[rng.integers(len(digits))]
+        return jnp.asarray(np.clip(x, 0, 1).reshape(n, c * c)), jnp.asarray(counts, jnp.int32)
 
-def _one(key, params, x, cfg):
-    """One guide draw for one canvas: (log weight, count, per-step where)."""
-    mdl, gde = programs(cfg)
-    tr = ppl.simulate(gde)(key, params["phi"], x[None])
-    lp, _ = ppl.assess(mdl)(tr.choices, params["theta"], x[None])
-    pres = jnp.stack([p[0] for p, _, _ in tr.retval])
-    where = jnp.stack([w[0] for _, w, _ in tr.retval])
-    return lp - tr.score, jnp.sum(jnp.cumprod(pres)), where
+    def init_params(self, key) -> dict:
+        k = jax.random.split(key, 5)
+        c2, g2, h = self.canvas**2, self.glimpse**2, self.hidden
+        theta = {"dec": mlp_init(k[0], [self.z_what, h, g2])}
+        phi = {"rnn": mlp_init(k[1], [c2 + h + 3 + self.z_what + 1, h]),  # reads [x, h, where, what, alive]
+               "pres": dense_init(k[2], h, 1, scale=0.1),
+               "where": dense_init(k[3], h, 6, scale=0.1),
+               "what": mlp_init(k[4], [g2 + h, h, 2 * self.z_what], final_scale=0.1)}
+        return {"theta": theta, "phi": phi}
 
+    def init_baseline(self, key) -> list:
+        """A learned baseline ``b(x)`` (``params["baseline"]``): canvas -> ``hidden`` -> 1, starting at 0."""
+        return losses.init_baseline(key, self.canvas**2, self.hidden)
 
-@functools.partial(jax.jit, static_argnames="cfg")
-def infer(key, params, x, cfg: AIRConfig = AIRConfig()):
-    """``(log_weights (N,), counts (N,), where (N, T, 3))`` from one guide draw per canvas."""
-    check_config(params, x, cfg)
-    one = functools.partial(_one, cfg=cfg)
-    return jax.vmap(one, (0, None, 0))(jax.random.split(key, x.shape[0]), params, x)
+    def check(self, params, x) -> None:
+        """Raise ``ValueError`` when ``params`` or canvases ``x`` do not have this AIR's sizes."""
+        self._check(params["theta"], params["phi"], x)
 
+    def _check(self, theta, phi, x):
+        c2, g2, h, zw = self.canvas**2, self.glimpse**2, self.hidden, self.z_what
+        found = []
 
-def elbo(key, params, x, cfg: AIRConfig = AIRConfig()):
-    return jnp.mean(infer(key, params, x, cfg)[0])
+        def want(setting, what, got, expected):
+            if got != expected:
+                found.append(f"{what} is {got} where {setting}={getattr(self, setting)} needs {expected}")
 
+        if x is not None:
+            want("canvas", "the canvases' size", x.shape[-1], c2)
+        if theta is not None:
+            want("z_what", "theta['dec']'s input", theta["dec"][0]["w"].shape[0], zw)
+            want("hidden", "theta['dec']'s hidden layer", theta["dec"][0]["w"].shape[1], h)
+            want("glimpse", "theta['dec']'s output", theta["dec"][-1]["b"].shape[0], g2)
+        if phi is not None:
+            want("hidden", "phi['rnn']'s output", phi["rnn"][-1]["b"].shape[0], h)
+            want("hidden", "phi['rnn']'s input", phi["rnn"][0]["w"].shape[0], c2 + h + 3 + zw + 1)
+            want("z_what", "phi['what']'s output", phi["what"][-1]["b"].shape[0], 2 * zw)
+            want("glimpse", "phi['what']'s input", phi["what"][0]["w"].shape[0], g2 + h)
+        if found:
+            raise ValueError(f"AIR: the parameters / canvases do not fit {self}: {'; '.join(found)}. "
+                             "Use the AIR they were made with")
 
-def count_accuracy(key, params, x, counts, cfg: AIRConfig = AIRConfig()):
-    return jnp.mean(infer(key, params, x, cfg)[1] == counts)
+    # --- programs ---------------------------------------------------------------------------------
+    def model(self, theta, x):
+        """``p(counts, where, what) p(x | ...)`` for canvases ``x`` (B, C*C)."""
+        self._check(theta, None, x)
+        tfd = tfp_distributions("AIR (ppl.models.air)")
+        b, g, c = x.shape[0], self.glimpse, self.canvas
+        canvas = jnp.zeros((b, c, c))
+        alive = jnp.ones((b,))
+        prior = jnp.log(self.prior_present) - jnp.log1p(-self.prior_present)
+        for i in range(self.max_steps):
+            pres = ppl.sample(("present", i), tfd.Bernoulli(logits=jnp.full((b,), prior), dtype=jnp.float32))
+            where = ppl.sample(("where", i), nd.Normal(jnp.zeros((b, 3)), 1.0).to_event(1))
+            what = ppl.sample(("what", i), nd.Normal(jnp.zeros((b, self.z_what)), 1.0).to_event(1))
+            alive = alive * pres
+            glimpse = jax.nn.sigmoid(mlp_apply(theta["dec"], what)).reshape(b, g, g)
+            canvas = canvas + alive[:, None, None] * jax.vmap(place, (0, 0, None))(glimpse, where, c)
+        ppl.sample("x", nd.Normal(canvas.reshape(b, -1), self.obs_scale).to_event(1), obs=x)
+        return canvas
 
+    def guide(self, phi, x):
+        """``q(present, where, what | x)``: recurrent over steps; returns the per-step choices."""
+        self._check(None, phi, x)
+        tfd = tfp_distributions("AIR (ppl.models.air)")
+        b, g, c, zw = x.shape[0], self.glimpse, self.canvas, self.z_what
+        h = jnp.zeros((b, self.hidden))
+        where, what, alive = jnp.zeros((b, 3)), jnp.zeros((b, zw)), jnp.ones((b, 1))
+        # the recurrent layer reads [x, h, where, what, alive] (alive: the previous steps' presence,
+        # 1 until the first absent step); the canvas' share of its product is the same at every
+        # step, so it is computed once (same values as the concatenated product)
+        first, rest = phi["rnn"][0], phi["rnn"][1:]
+        w_x, w_state = first["w"][:x.shape[-1]], first["w"][x.shape[-1]:]
+        xw = x @ w_x + first["b"]
+        out = []
+        for i in range(self.max_steps):
+            pre = xw + jnp.concatenate([h, where, what, alive], -1) @ w_state
+            h = jnp.tanh(mlp_apply(rest, jnp.tanh(pre)) if rest else pre)
+            pres = ppl.sample(("present", i),
+                              tfd.Bernoulli(logits=dense_apply(phi["pres"], h)[:, 0] + 1.0, dtype=jnp.float32))
+            wl, ws = jnp.split(dense_apply(phi["where"], h), 2, -1)
+            where = ppl.sample(("where", i), nd.Normal(wl, jax.nn.softplus(ws - 1.0) + 1e-3).to_event(1))
+            glimpse = jax.vmap(extract, (0, 0, None))(x.reshape(b, c, c), where, g).reshape(b, -1)
+            ql, qs = jnp.split(mlp_apply(phi["what"], jnp.concatenate([glimpse, h], -1)), 2, -1)
+            what = ppl.sample(("what", i), nd.Normal(ql, jax.nn.softplus(qs + 0.5413) + 1e-3).to_event(1))
+            alive = alive * pres[:, None]
+            out.append((pres, where, what))
+        return out
 
-def init_baseline(key, cfg: AIRConfig = AIRConfig()) -> list:
-    """A learned baseline ``b(x)``: an MLP canvas -> hidden -> 1, starting at 0 (``params["baseline"]``)."""
-    return mlp_init(key, [cfg.canvas**2, cfg.hidden, 1], final_scale=0.0)
+    # --- evaluation -------------------------------------------------------------------------------
+    def _one(self, key, params, x):
+        """One guide draw for one canvas: (log weight, count, per-step where)."""
+        tr = ppl.simulate(self.guide)(key, params["phi"], x[None])
+        lp, _ = ppl.assess(self.model)(tr.choices, params["theta"], x[None])
+        pres = jnp.stack([p[0] for p, _, _ in tr.retval])
+        where = jnp.stack([w[0] for _, w, _ in tr.retval])
+        return lp - tr.score, jnp.sum(jnp.cumprod(pres)), where
 
+    @functools.partial(jax.jit, static_argnums=0)
+    def infer(self, key, params, x):
+        """``(log_weights (N,), counts (N,), where (N, T, 3))`` from one guide draw per canvas."""
+        self.check(params, x)
+        return jax.vmap(self._one, (0, None, 0))(jax.random.split(key, x.shape[0]), params, x)
 
-def make_loss(estimators=None, cfg: AIRConfig = AIRConfig()):
-    """``loss(key, params, batch)`` for ``fit``: minus the ELBO, one objective per canvas, averaged.
+    def elbo(self, key, params, x):
+        return jnp.mean(self.infer(key, params, x)[0])
 
-    ``estimators``: the presence mapping (a preset). If ``params`` has a ``"baseline"`` entry
-    (:func:`init_baseline`), each :class:`Baseline` in ``estimators`` gets the value
-    ``b(x)`` for its canvas (a function of the data only, so the estimate stays unbiased; ADEV
-    holds it constant), and ``b`` is trained towards the ELBO by the squared error
-    ``(ELBO - b(x))^2 / 2``, whose gradient is added but whose value is not: the loss reported
-    is minus the ELBO either way.
-    """
-    estimators = dict(estimators or {})
-    objective = O.elbo(*programs(cfg))
+    def count_accuracy(self, key, params, x, counts):
+        return jnp.mean(self.infer(key, params, x)[1] == counts)
 
-    def one(key, params, xi):
-        xi = xi[None]
-        if "baseline" not in params:
-            E = expectation(objective, estimators=estimators)
-            return E.estimate(key, (params["theta"], xi), (params["phi"], xi)), 0.0
-        b = mlp_apply(params["baseline"], xi)[0, 0]
-        est = {a: dataclasses.replace(e, value=jax.lax.stop_gradient(b)) if isinstance(e, Baseline) else e
-               for a, e in estimators.items()}
-        v = expectation(objective, estimators=est).estimate(key, (params["theta"], xi), (params["phi"], xi))
-        return v, 0.5 * (jax.lax.stop_gradient(v) - b) ** 2
+    def plot_boxes(self, path, params, xs, counts):
+        from ._plots import boxes
 
-    def loss(key, params, batch):
-        check_config(params, batch, cfg)
-        v, sq = jax.vmap(one, (0, None, 0))(jax.random.split(key, batch.shape[0]), params, batch)
-        sq = jnp.mean(sq)
-        return -jnp.mean(v) + (sq - jax.lax.stop_gradient(sq))
-
-    return loss
+        _, n, where = self.infer(jax.random.key(0), params, xs)
+        c = self.canvas
+        per = []
+        for j in range(xs.shape[0]):
+            bs = []
+            for i in range(int(n[j])):
+                s, tx, ty = (float(v) for v in _affine(where[j, i]))
+                bs.append((((tx - s) + 1) * c / 2, ((ty - s) + 1) * c / 2, s * c, s * c))
+            per.append(bs)
+        return boxes(path, np.asarray(xs), (c, c), per,
+                     titles=[f"true {int(t)} / inferred {int(k)}" for t, k in zip(counts, n)],
+                     suptitle="AIR: objects inferred on held-out canvases (one guide draw)")
 
 
 def compiler_options() -> dict | None:
@@ -308,7 +300,7 @@ def estimator_presets() -> dict:
     """``{label: estimators mapping}`` for the presence sites, as compared in the benchmarks.
 
     ``"score-baseline"`` is ScoreFunction around a :class:`Baseline` whose value
-    :func:`make_loss` sets to the learned ``b(x)`` when ``params`` has one (without it, ``b = 0``
+    :func:`ppl.models.losses.make_loss` sets to the learned ``b(x)`` when ``params`` has one (without it, ``b = 0``
     and the preset is plain ``"score"``).
     """
     from ppl.transforms import ScoreFunction
@@ -318,19 +310,3 @@ def estimator_presets() -> dict:
             "enum": {"present": Enum()}, "mvd": {"present": MVD()},
             "hybrid": hybrid_estimators()}
 
-
-def plot_boxes(path, params, xs, counts, cfg: AIRConfig = AIRConfig()):
-    from ._plots import boxes
-
-    _, n, where = infer(jax.random.key(0), params, xs, cfg)
-    c = cfg.canvas
-    per = []
-    for j in range(xs.shape[0]):
-        bs = []
-        for i in range(int(n[j])):
-            s, tx, ty = (float(v) for v in _affine(where[j, i]))
-            bs.append((((tx - s) + 1) * c / 2, ((ty - s) + 1) * c / 2, s * c, s * c))
-        per.append(bs)
-    return boxes(path, np.asarray(xs), (c, c), per,
-                 titles=[f"true {int(t)} / inferred {int(k)}" for t, k in zip(counts, n)],
-                 suptitle="AIR: objects inferred on held-out canvases (one guide draw)")

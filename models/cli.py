@@ -25,11 +25,12 @@ import optax
 from ppl import estimators
 from ppl.backends import optim
 from ppl.config import use_compilation_cache
+from ppl.distributions import MissingExtraError
 from ppl.transforms import EstimatorError, expectation
 from ppl.transforms import objectives as O
 from ppl.transforms.fit import CheckpointError, NonFiniteError, fit, peek_checkpoint
 
-from . import _plots, _tasks, data
+from . import _plots, _tasks, air, data
 
 __all__ = ["main", "build_parser", "make_optimizer", "ESTIMATORS", "OBJECTIVES", "OPTIMIZERS", "UsageError"]
 
@@ -160,8 +161,6 @@ def _estimators(flags, model_name, hybrid):
     if hybrid:
         if model_name != "air":
             raise UsageError("--air-hybrid applies to --model air only")
-        from . import air
-
         mapping = {**air.hybrid_estimators(), **mapping}
     return mapping
 
@@ -251,7 +250,10 @@ def setup(args):
     ds = _load_data(args)
     if args.batch_size > ds.x_train.shape[0]:
         raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.x_train.shape[0]} training examples")
-    task = getattr(_tasks, args.model)(args, ds)
+    try:
+        task = getattr(_tasks, args.model)(args, ds)
+    except MissingExtraError as e:
+        raise UsageError(str(e)) from None
     E = _objective(args, task.model, task.guide, mapping)
     try:
         plan = task.plan(E)

@@ -6,12 +6,17 @@ Bernoulli with ``dtype=float32`` so that every estimator applies: ScoreFunction 
 ``Baseline`` / ``LeaveOneOut``), ``Enum`` (latent size <= 12), ``MVD``, ``ARM``, ``DisARM``, and
 the BIASED relaxations ``GumbelSoftmax`` / ``StraightThrough``; and the ``vimco`` objective.
 The site ``"z"`` has value shape ``(B, L)`` with *batch* (not event) dimensions, as MVD and
-Enum need; train per example (``B = 1`` under ``jax.vmap``, see :func:`make_loss`) so that
+Enum need; train per example (``B = 1`` under ``jax.vmap``:
+``ppl.models.losses.make_loss(E, binarized=True)``) so that
 Enum's joint support is ``2^L`` and MVD's cost ``1 + 2L`` continuation calls per example.
 Default ``L = 8`` (digits); the benchmarks use ``L = 200`` on MNIST (Enum impossible there).
 
 :func:`gradient_variance` draws N independent gradient estimates at the same parameters and
 returns the per-parameter variance summed over all parameters (and per group).
+
+The latents are TFP distributions: the programs need the ``tfp`` extra (``pip install
+'ppl[tfp]'``) and raise :class:`~ppl.distributions.MissingExtraError` naming it without; importing
+this module does not need it.
 """
 from __future__ import annotations
 
@@ -22,20 +27,18 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as nd
 from jax.scipy.special import logsumexp
-from tensorflow_probability.substrates import jax as tfp
 
 import ppl
 
+from ppl.distributions import tfp_distributions
 from ppl.estimators import ARM, MVD, DisARM, Enum, GumbelSoftmax, LeaveOneOut, StraightThrough
 
 from . import _progress
-from .data import binarize
 from ._weights import log_weight
+from .losses import guide_args, model_args
 from .nets import mlp_apply, mlp_init
 
-tfd = tfp.distributions
-
-__all__ = ["DVAEConfig", "init_params", "model", "guide", "model_args", "guide_args", "make_loss",
+__all__ = ["DVAEConfig", "init_params", "model", "guide", "model_args", "guide_args",
            "elbo", "log_likelihood", "reconstruct", "sample_images", "gradient_variance",
            "estimator_suite"]
 
@@ -63,6 +66,7 @@ def init_params(key, cfg: DVAEConfig, *, data_mean=None) -> dict:
 
 def model(theta, x):
     """``p(z) p(x | z)`` for a minibatch ``x`` (B, D) of 0/1 images."""
+    tfd = tfp_distributions("the discrete VAE (ppl.models.dvae)")
     logits_z = jnp.broadcast_to(theta["prior"], (x.shape[0],) + theta["prior"].shape)
     z = ppl.sample("z", tfd.Bernoulli(logits=logits_z, dtype=jnp.float32))
     logits = mlp_apply(theta["dec"], 2.0 * z - 1.0)
@@ -72,29 +76,8 @@ def model(theta, x):
 
 def guide(phi, x):
     """``q(z | x)``: independent Bernoulli latents with logits from the encoder."""
+    tfd = tfp_distributions("the discrete VAE (ppl.models.dvae)")
     return ppl.sample("z", tfd.Bernoulli(logits=mlp_apply(phi, 2.0 * x - 1.0), dtype=jnp.float32))
-
-
-def model_args(params, x):
-    return (params["theta"], x)
-
-
-def guide_args(params, x):
-    return (params["phi"], x)
-
-
-def make_loss(E):
-    """``loss(key, params, batch)``: minus the objective per example, examples vmapped, batch
-    binarized dynamically with a key of its own."""
-    def loss(key, params, batch):
-        k_bin, k_est = jax.random.split(key)
-        x = binarize(k_bin, batch)
-
-        def one(k, xi):
-            return E.estimate(k, (params["theta"], xi[None]), (params["phi"], xi[None]))
-
-        return -jnp.mean(jax.vmap(one)(jax.random.split(k_est, x.shape[0]), x))
-    return loss
 
 
 def _log_weight(key, params, x):

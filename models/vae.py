@@ -30,6 +30,7 @@ import ppl
 
 from . import _progress
 from ._weights import log_weight
+from .losses import guide_args, model_args
 from .nets import mlp_apply, mlp_init
 
 __all__ = ["VAEConfig", "init_params", "model", "guide", "model_args", "guide_args", "elbo",
@@ -91,14 +92,6 @@ def guide(phi, x, activation=jnp.tanh):
     """``q(z | x)``: a diagonal Normal from the encoder, reparameterizable."""
     loc, scale = encode(phi, x, activation)
     return ppl.sample("z", nd.Normal(loc, scale).to_event(1))
-
-
-def model_args(params, x):
-    return (params["theta"], x)
-
-
-def guide_args(params, x):
-    return (params["phi"], x)
 
 
 def _log_weight(key, params, x):

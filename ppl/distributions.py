@@ -29,10 +29,29 @@ try:  # TFP is optional: the adapter works without it.
     from tensorflow_probability.substrates import jax as _tfp
 
     _tfd = _tfp.distributions
-except Exception:  # pragma: no cover - exercised only where TFP is not installed
-    _tfd = None
+    _tfp_error = None
+except Exception as e:  # exercised by tests/models/test_without_tfp.py (TFP blocked in a subprocess)
+    _tfd, _tfp_error = None, e
 
-__all__ = ["Dist", "as_dist", "is_distribution", "EnumerationError"]
+__all__ = ["Dist", "as_dist", "is_distribution", "EnumerationError", "MissingExtraError", "tfp_distributions"]
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is missing; the message names what needs it and the extra to install."""
+
+
+def tfp_distributions(needed_by: str):
+    """TFP-on-JAX's ``distributions`` module, for code that builds TFP distributions itself.
+
+    TFP is an optional extra (``pip install 'ppl[tfp]'``); without it this raises
+    :class:`MissingExtraError` naming ``needed_by`` and the extra.
+    """
+    if _tfd is None:
+        raise MissingExtraError(
+            f"{needed_by} needs TensorFlow Probability on JAX, an optional extra of ppl that is not "
+            f"importable here ({type(_tfp_error).__name__}: {_tfp_error}); install it with "
+            "pip install 'ppl[tfp]' (tfp-nightly==0.26.0.dev20261027)")
+    return _tfd
 
 #: Largest joint support that enumeration will expand by default.
 MAX_ENUMERATION = 4096

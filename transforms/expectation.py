@@ -242,6 +242,17 @@ class Expectation:
         self._mapping, self._selfn = mapping, selfn
         self.__name__ = getattr(fn, "__name__", "objective")
 
+    def map_estimators(self, fn: Callable) -> "Expectation":
+        """The same objective and ``strict`` with each estimator its ``estimators`` argument
+        chooses, ``e``, replaced by ``fn(e)`` (estimators given at a site, and defaults, are kept):
+        e.g. each :class:`Baseline` given a value computed from this call's data. Cheap: nothing
+        is traced until it is used."""
+        if self._selfn is not None:
+            selfn = self._selfn
+            return Expectation(self.fn, lambda site: (lambda e: None if e is None else fn(e))(selfn(site)),
+                               strict=self.strict)
+        return Expectation(self.fn, {a: fn(e) for a, e in self._mapping.items()}, strict=self.strict)
+
     # --- selection ------------------------------------------------------------------------
     def _selector(self, mapping, record=None):
         return _Selector(mapping, self._selfn, record)

@@ -14,6 +14,7 @@ import pytest
 
 import ppl
 from ppl.models import data
+from ppl.models.losses import make_loss
 from ppl.transforms import expectation
 from ppl.transforms import objectives as O
 from ppl.transforms.fit import fit
@@ -116,7 +117,7 @@ def test_dvae_trains_with_three_estimators(digits):
     ests = [None, {"z": DisARM()}, {"z": LeaveOneOut(num_samples=2)}]  # None: the default ScoreFunction
     for est in ests:
         E = expectation(O.elbo(dvae.model, dvae.guide), estimators=est)
-        res = fit(dvae.make_loss(E), optax.adam(1e-2), p0, key=jax.random.key(1), num_steps=20,
+        res = fit(make_loss(E, binarized=True), optax.adam(1e-2), p0, key=jax.random.key(1), num_steps=20,
                   data=jnp.asarray(digits.x_train[:256]), batch_size=8, chunk=20, progress=False)
         assert np.all(np.isfinite(res.history)), est
         assert np.isfinite(float(dvae.elbo(jax.random.key(2), res.params, jnp.asarray(digits.x_test[:32]).round())))
@@ -191,12 +192,12 @@ def test_air_guide_density_matches_the_concatenated_recurrent_layer(digits, rnn_
     from ppl.models import air
     from ppl.models.nets import dense_apply, mlp_apply, mlp_init
 
-    cfg = air.AIRConfig(hidden=16)
-    x, _ = air.make_canvases(jax.random.key(0), digits.images(digits.x_train), 2, cfg)
-    phi = air.init_params(jax.random.key(1), cfg)["phi"]
+    a = air.AIR(hidden=16)
+    x, _ = a.make_canvases(jax.random.key(0), digits.images(digits.x_train), 2)
+    phi = a.init_params(jax.random.key(1))["phi"]
     if rnn_layers == 2:  # init_params makes one layer; a deeper recurrent MLP must work too
         phi["rnn"] = mlp_init(jax.random.key(3), [256 + 16 + 3 + 6 + 1, 16, 16])
-    tr = ppl.simulate(air.guide)(jax.random.key(2), phi, x)
+    tr = ppl.simulate(a.guide)(jax.random.key(2), phi, x)
     h, where, what, alive = jnp.zeros((2, 16)), jnp.zeros((2, 3)), jnp.zeros((2, 6)), jnp.ones((2, 1))
     logq = jnp.zeros(())
     for pres, w, z in tr.retval:
@@ -215,43 +216,43 @@ def test_air_guide_density_matches_the_concatenated_recurrent_layer(digits, rnn_
 def test_air_evaluation_uses_the_config_and_rejects_a_mismatch(digits):
     from ppl.models import air
 
-    cfg = air.AIRConfig(hidden=16, max_steps=2, prior_present=0.1)
-    x, _ = air.make_canvases(jax.random.key(0), digits.images(digits.x_train), 8, cfg)
-    p = air.init_params(jax.random.key(1), cfg)
-    lw, n, where = air.infer(jax.random.key(2), p, x, cfg)
+    a = air.AIR(hidden=16, max_steps=2, prior_present=0.1)
+    x, _ = a.make_canvases(jax.random.key(0), digits.images(digits.x_train), 8)
+    p = a.init_params(jax.random.key(1))
+    lw, n, where = a.infer(jax.random.key(2), p, x)
     assert where.shape == (8, 2, 3) and int(jnp.max(n)) <= 2
     # the same draws scored by the config's model: log p(x, z) - log q(z) with its own prior
-    mdl, gde = air.programs(cfg)
+    mdl, gde = a.model, a.guide
     k = jax.random.split(jax.random.key(2), 8)[0]
     tr = ppl.simulate(gde)(k, p["phi"], x[:1])
     lp, _ = ppl.assess(mdl)(tr.choices, p["theta"], x[:1])
     np.testing.assert_allclose(lw[0], lp - tr.score, rtol=1e-5)
     with pytest.raises(ValueError, match="hidden"):
-        air.elbo(jax.random.key(2), p, x)  # default config: hidden 64, the parameters have 16
+        air.AIR().elbo(jax.random.key(2), p, x)  # default config: hidden 64, the parameters have 16
     with pytest.raises(ValueError, match="hidden"):
-        air.make_loss(None)(jax.random.key(0), p, x)
+        make_loss(expectation(O.elbo(air.AIR().model, air.AIR().guide)))(jax.random.key(0), p, x)
 
 
 def test_air_transformer_roundtrip_and_steps(digits):
-    from ppl.models import _tasks, air
+    from ppl.models import air
 
-    cfg = air.AIRConfig(hidden=16)
+    a = air.AIR(hidden=16)
     g = jnp.asarray(digits.images(digits.x_train[:1])[0])
     where = jnp.zeros(3)  # scale 0.5, centred: the glimpse fills the middle 8x8 pixels exactly
     canvas = air.place(g, where, 16)
     np.testing.assert_allclose(canvas[4:12, 4:12], g, atol=1e-5)
     np.testing.assert_allclose(air.extract(canvas, where, 8), g, atol=1e-5)
-    x, counts = air.make_canvases(jax.random.key(0), digits.images(digits.x_train), 64, cfg)
+    x, counts = a.make_canvases(jax.random.key(0), digits.images(digits.x_train), 64)
     assert x.shape == (64, 256) and set(np.asarray(counts).tolist()) <= {0, 1, 2, 3}
-    p0 = air.init_params(jax.random.key(1), cfg)
-    E = expectation(O.elbo(*air.programs(cfg)))
+    p0 = a.init_params(jax.random.key(1))
+    E = expectation(O.elbo(a.model, a.guide))
     plan = E.plan((p0["theta"], x[:1]), (p0["phi"], x[:1]))
     assert len(plan.rows) == 9
-    loss = _tasks.make_loss(E, air.model_args, air.guide_args, per_example=True, binarized=False)
+    loss = make_loss(E)
     res = fit(loss, optax.adam(1e-3), p0, key=jax.random.key(2), num_steps=3, data=x, batch_size=4, chunk=3,
               progress=False)
     assert np.all(np.isfinite(res.history))
-    assert 0.0 <= float(air.count_accuracy(jax.random.key(3), res.params, x, counts, cfg)) <= 1.0
+    assert 0.0 <= float(a.count_accuracy(jax.random.key(3), res.params, x, counts)) <= 1.0
 
 
 # --- the main command ----------------------------------------------------------------------------

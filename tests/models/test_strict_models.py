@@ -10,8 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ppl.models import cli
-from ppl.models import air, dvae, vae
+from ppl.models import air, cli, dvae, vae
 
 X = jnp.full((1, 64), 0.3)
 
@@ -27,9 +26,9 @@ def built(model, argv=()):
         p = dvae.init_params(jax.random.key(0), dvae.DVAEConfig(data_dim=64, latent_dim=2, hidden=(4,)))
         mg, x, ma, ga = (dvae.model, dvae.guide), X, dvae.model_args, dvae.guide_args
     else:
-        cfg = air.AIRConfig(hidden=4)
-        p = air.init_params(jax.random.key(0), cfg)
-        mg, x, ma, ga = air.programs(cfg), jnp.full((1, cfg.canvas**2), 0.3), air.model_args, air.guide_args
+        a = air.AIR(hidden=4)
+        p = a.init_params(jax.random.key(0))
+        mg, x, ma, ga = (a.model, a.guide), jnp.full((1, a.canvas**2), 0.3), air.model_args, air.guide_args
     return cli._objective(args, *mg, mapping), ma(p, x), ga(p, x), p, x
 
 
