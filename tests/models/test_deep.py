@@ -233,6 +233,66 @@ def test_air_evaluation_uses_the_config_and_rejects_a_mismatch(digits):
         make_loss(expectation(O.elbo(air.AIR().model, air.AIR().guide)))(jax.random.key(0), p, x)
 
 
+def test_air_with_non_default_sizes_uses_its_config_everywhere(digits):
+    """Sizes and settings come from the AIR object: canvases, parameters, the programs' densities
+    (checked against log p written out by hand with this prior and noise), evaluation and the loss."""
+    from jax.scipy.stats import norm
+
+    from ppl.models import air
+    from ppl.models.nets import mlp_apply
+
+    a = air.AIR(canvas=12, glimpse=6, max_steps=2, z_what=3, hidden=8, obs_scale=0.5, prior_present=0.2)
+    x, counts = a.make_canvases(jax.random.key(0), digits.images(digits.x_train)[:, 1:7, 1:7], 16)
+    assert x.shape == (16, 144) and set(np.asarray(counts).tolist()) <= {0, 1, 2}
+    p = a.init_params(jax.random.key(1))
+    lw, n, where = a.infer(jax.random.key(2), p, x)
+    assert lw.shape == (16,) and where.shape == (16, 2, 3) and np.all(np.isfinite(lw)) and int(jnp.max(n)) <= 2
+    tr = ppl.simulate(a.guide)(jax.random.split(jax.random.key(2), 16)[0], p["phi"], x[:1])
+    lp, _ = ppl.assess(a.model)(tr.choices, p["theta"], x[:1])
+    np.testing.assert_allclose(lw[0], lp - tr.score, rtol=1e-5)
+    canvas, alive, ref = jnp.zeros((12, 12)), 1.0, 0.0
+    for pres, w, z in tr.retval:
+        pres, w, z = pres[0], w[0], z[0]
+        ref += pres * jnp.log(0.2) + (1 - pres) * jnp.log(0.8) + norm.logpdf(w).sum() + norm.logpdf(z).sum()
+        alive = alive * pres
+        canvas = canvas + alive * air.place(jax.nn.sigmoid(mlp_apply(p["theta"]["dec"], z)).reshape(6, 6), w, 12)
+    ref += norm.logpdf(x[0], canvas.reshape(-1), 0.5).sum()
+    np.testing.assert_allclose(lp, ref, rtol=1e-5)
+    E = expectation(O.elbo(a.model, a.guide))
+    assert len(E.plan((p["theta"], x[:1]), (p["phi"], x[:1])).rows) == 6
+    assert jax.eval_shape(make_loss(E), jax.random.key(3), p, x[:4]).shape == ()  # the loss builds with it
+    with pytest.raises(ValueError, match="canvas=16 needs 256"):
+        air.AIR(glimpse=6, max_steps=2, z_what=3, hidden=8).elbo(jax.random.key(2), p, x)
+    for bad in ({"glimpse": 20}, {"hidden": 0}, {"prior_present": 1.0}, {"obs_scale": 0.0}):
+        with pytest.raises(ValueError, match="AIR: "):
+            air.AIR(**bad)
+
+
+def test_make_loss_learned_baseline_changes_the_gradient_not_the_loss(digits):
+    """``params["baseline"]``: each Baseline gets ``b(x)``; the reported loss is unchanged and ``b``
+    is trained by ``(ELBO - b)^2 / 2`` (at ``b = 0`` its bias gradient is the loss itself)."""
+    from ppl.estimators import Baseline, ScoreFunction
+    from ppl.models import dvae
+    from ppl.models.losses import init_baseline
+
+    p = dvae.init_params(jax.random.key(0), dvae.DVAEConfig(data_dim=64, latent_dim=3, hidden=(8,)))
+    E = expectation(O.elbo(dvae.model, dvae.guide), estimators={"z": Baseline(ScoreFunction())})
+    x, key = jnp.asarray(digits.x_train[:4]), jax.random.key(1)
+    loss = jax.jit(jax.value_and_grad(make_loss(E, binarized=True), argnums=1))
+    v0, g0 = loss(key, p, x)
+    b = init_baseline(jax.random.key(2), 64, 8)
+    v1, g1 = loss(key, {**p, "baseline": b}, x)
+    np.testing.assert_allclose(v1, v0, rtol=1e-6)
+    np.testing.assert_allclose(g1["baseline"][-1]["b"], [v1], rtol=1e-5)
+    np.testing.assert_allclose(g1["phi"][0]["w"], g0["phi"][0]["w"], rtol=1e-5)  # b(x) = 0 at the start
+    b[-1]["b"] = jnp.full((1,), 5.0)  # b(x) = 5: same loss, another score-function gradient
+    v2, g2 = loss(key, {**p, "baseline": b}, x)
+    np.testing.assert_allclose(v2, v0, rtol=1e-6)
+    assert not np.allclose(g2["phi"][0]["w"], g0["phi"][0]["w"], rtol=1e-3)
+    with pytest.raises(ValueError, match="per_example=True"):
+        make_loss(E, per_example=False)(key, {**p, "baseline": b}, x)
+
+
 def test_air_transformer_roundtrip_and_steps(digits):
     from ppl.models import air
 
