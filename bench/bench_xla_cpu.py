@@ -83,12 +83,15 @@ def cbo_rows(a):
 
 def fused_dots_rows(a):
     from ppl.models import air, data
+    from ppl.models.losses import make_loss
+    from ppl.transforms import expectation
+    from ppl.transforms import objectives as O
 
     ds = data.load("digits")
-    cfg = air.AIRConfig()
-    x, _ = air.make_canvases(jax.random.key(0), ds.images(ds.x_train), a.batch, cfg)
-    p = air.init_params(jax.random.key(1), cfg)
-    loss = air.make_loss(air.estimator_presets()["score"], cfg)
+    m = air.AIR()
+    x, _ = m.make_canvases(jax.random.key(0), ds.images(ds.x_train), a.batch)
+    p = m.init_params(jax.random.key(1))
+    loss = make_loss(expectation(O.elbo(m.model, m.guide), estimators=air.estimator_presets()["score"]))
     vg = jax.value_and_grad(loss, argnums=1)
     key = jax.random.key(2)
     off = jax.jit(vg)
