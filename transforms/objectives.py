@@ -239,7 +239,14 @@ def f_divergence(model, guide, div, k=1, *, log_ratio=None, normalize=False):
         # the score difference moves with z only; the target's parameters see r f'(r) d log p
         log_pq = model_density(model, z, *sg(model_args)) - density(guide, z, *sg(guide_args))
         log_p_theta = model_density(model, sg(z), *model_args)
-        u = sg(log_pq) if log_ratio is None else sg(jnp.asarray(log_ratio(sg(z))))
+        if log_ratio is None:
+            u = sg(log_pq)
+        else:
+            u = sg(jnp.asarray(log_ratio(sg(z)), jnp.result_type(float)))
+            if u.shape != ():
+                raise ValueError(f"f_divergence: log_ratio(choices) must return one log ratio per guide "
+                                 f"draw (a scalar), got shape {u.shape}; sum or index your "
+                                 f"discriminator's output")
         return z, u, log_pq, log_p_theta
 
     def objective(model_args, guide_args):

@@ -135,5 +135,12 @@ def test_bad_arguments_are_refused():
         net.ep_gradient(a0, p, x, y, -0.1, 2)
     with pytest.raises(ValueError, match="iters"):
         FixedPointNet(_pre(True), loss, iters=0)
+    for dt in (0.0, 1.5):
+        with pytest.raises(ValueError, match="dt"):
+            FixedPointNet(_pre(True), loss, dt=dt)
+    # damping changes the path, not the fixed point
+    a1 = FixedPointNet(_pre(True), loss, iters=60).solve(a0, p, x)
+    a_damped = FixedPointNet(_pre(True), loss, iters=200, dt=0.6).solve(a0, p, x)
+    np.testing.assert_allclose(a_damped, a1, atol=1e-5)
     with pytest.raises(TypeError, match="callables"):
         FixedPointNet(_pre(True), "xent")

@@ -130,6 +130,9 @@ def test_bad_arguments_and_non_reparameterized_guides_are_refused(key):
         O.f_divergence(model, guide, O.FORWARD_KL, 1, normalize=True)
     with pytest.raises(TypeError, match="log_ratio"):
         O.f_divergence(model, guide, O.FORWARD_KL, 2, log_ratio=1.0)
+    E = expectation(O.f_divergence(model, guide, O.HELLINGER, 2, log_ratio=lambda c: jnp.zeros(3)))
+    with pytest.raises(ValueError, match=r"one log ratio per guide draw.*shape \(3,\)"):
+        jax.eval_shape(lambda p: E.grad(key, (PSI,), (p,), argnums=1), PHI)
     E = expectation(O.f_divergence(model, guide, O.HELLINGER, 2), estimators={"z": ScoreFunction()})
     with pytest.raises(EstimatorError, match=r"f_divergence: random choice 'z' uses ScoreFunction.*reparameterized"):
         jax.eval_shape(lambda p: E.grad(key, (PSI,), (p,), argnums=1), PHI)
