@@ -2,7 +2,8 @@
 
 Optimizers are optax ``GradientTransformation``s (``ppl.backends.optim``); training diagnostics
 are callbacks for ``fit`` (``ppl.backends.diagnostics``); solvers are kernels
-(``ppl.backends.bilevel``: BO-REP; ``ppl.backends.dcdm``: learned conjugate directions);
+(``ppl.backends.bilevel``: BO-REP; ``ppl.backends.dcdm``: learned conjugate directions) or
+functions (``ppl.backends.convex_relu``: convex two-layer ReLU training by ADMM);
 distributed methods run with clients on a mesh axis (``ppl.backends.distributed``); fixed-point
 networks are trained by holomorphic equilibrium propagation (``ppl.backends.equilibrium``);
 ``ppl.backends.gbnn`` trains a network's last layer by gradient boosting. Backends may import
