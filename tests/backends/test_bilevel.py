@@ -4,10 +4,6 @@ Lower: g(x, y) = 1/2 y^T A y - y^T B x, so y*(x) = A^-1 B x. Upper: f(x, y) = 1/
 + 1/2 x^T D x, so F(x) = f(x, y*(x)) is quadratic with gradient D x + B^T A^-1 (y*(x) - c) and
 minimizer x_opt = H^-1 B^T A^-1 c, H = D + B^T A^-2 B.
 """
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +12,6 @@ import pytest
 
 from ppl.backends.bilevel import bo_rep, hypergradient, normalized_momentum
 from ppl.transforms import implicit
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def quadratic(scale=1.0):
@@ -177,19 +171,3 @@ def test_hypercleaning_small(key):
                    z_lr=0.5).init(key, jnp.zeros(n_tr), jnp.zeros(d)).y
     val = lambda w_: float(jnp.mean(ce(w_, x[n_tr:], y_va)))
     assert val(state.y) < val(noisy)
-
-
-@pytest.mark.slow  # ~40 s on 2 busy cores: five kernels compiled in a subprocess
-def test_hypercleaning_example_small():
-    """examples/bo_rep_hypercleaning.py end to end at small size on digits."""
-    out = subprocess.run(
-        [sys.executable, "-W", "error", os.path.join(ROOT, "examples", "bo_rep_hypercleaning.py"),
-         "--n-train", "200", "--n-test", "200", "--n-valid", "100", "--steps", "60",
-         "--refine", "60", "--lower-steps", "5", "--period", "5", "--plain-lrs", "1000",
-         "--noisy-steps", "200", "--batch", "100"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    line = next(s for s in out.stdout.splitlines() if s.startswith("BO-REP weights"))
-    w_flipped, w_clean = float(line.split()[3]), float(line.split()[6])
-    assert w_flipped < 0.5 < w_clean, out.stdout
-    assert "summary: test acc noisy" in out.stdout

@@ -1,17 +1,11 @@
 """Convex two-layer ReLU training by ADMM (ppl.backends.convex_relu) against an independent
 solver: cvxpy (Clarabel, an interior-point method) on the same sampled convex program."""
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ppl.backends import convex_relu as cr
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_problem(key):
@@ -94,14 +88,3 @@ def test_bad_inputs_raise(key):
         cr.sample_gates(key, X, 0)
     with pytest.raises(ValueError, match="shape \\(2, P, d\\)"):
         cr.recover_network(np.ones((3, 2)))
-
-
-@pytest.mark.slow  # ~1-2 min on 2 busy cores: ADMM on 400 examples and the non-convex runs
-def test_breast_cancer_example_small():
-    out = subprocess.run(
-        [sys.executable, "-W", "error", os.path.join(ROOT, "examples", "convex_relu_breast_cancer.py"),
-         "--gates", "10", "--iters", "200", "--steps", "200", "--restarts", "1", "--sgd-lrs", "1e-4"],
-        capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for word in ("ADMM", "recovered network", "GD+momentum", "SGD (batch 32)", "test acc"):
-        assert word in out.stdout, out.stdout
