@@ -27,8 +27,9 @@ Communication: the clients' messages are gathered along the mesh axis with ``all
 (index, value) pairs (dense vectors with ``identity()``, reduced by ``psum``), so the uplink
 moves what ``info.bytes_sent`` reports: per participating client ``compressor.message_bytes``.
 The new iterate is computed by every device from the replicated ``g`` (no downlink bytes are
-counted). ``info.loss`` and ``info.grad_norm_sq`` (of ``f`` and its gradient at the new iterate)
-are diagnostics computed with extra dense collectives that a deployment would not send.
+counted). ``info.loss`` and ``info.grad_norm_sq`` (of ``f`` and its gradient at the new iterate; with
+``batch_size``, of the round's minibatch estimates of them) are diagnostics computed with extra
+dense collectives that a deployment would not send.
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ class EF21:
         if not all(hasattr(compressor, a) for a in ("encode", "alpha", "message_bytes", "check")):
             raise TypeError(f"{name}(compressor={compressor!r}): expected a compressor such as top_k(k), rand_k(k) "
                             "or identity() from ppl.backends.distributed")
-        if not (isinstance(stepsize, (int, float)) and np.isfinite(stepsize) and stepsize > 0):
+        if not (isinstance(stepsize, (int, float, np.floating)) and np.isfinite(stepsize) and stepsize > 0):
             raise ValueError(f"{name}(stepsize={stepsize!r}): must be a positive finite number")
         if not (isinstance(participation, (int, float)) and 0 < participation <= 1):
             raise ValueError(f"{name}(participation={participation!r}): the probability that a client takes part "
