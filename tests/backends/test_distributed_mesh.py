@@ -54,3 +54,47 @@ def test_fedamd_and_fedavg_on_a_mesh_match_one_device(report):
     for name in ("fedamd", "fedavg"):  # 20 clients of different sizes, 5 per device on 4 devices
         r = report["fed"][name]
         assert r["diff"] < 1e-10 and r["same_participants"] and r["same_anchors"], (name, r)
+
+
+TWO_PROCESS_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_two_process_ef21_worker.py")
+
+
+def test_ef21_across_two_processes_matches_one_process(tmp_path):
+    """``jax.distributed`` with the gloo CPU collectives, 2 processes x 4 simulated devices on
+    127.0.0.1, one mesh of 8 (one client per device): EF21-W with minibatches and partial
+    participation gives the one-process, one-device result (computed here)."""
+    import socket
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = tmp_path / "out.json"
+    procs = [subprocess.Popen([sys.executable, TWO_PROCESS_WORKER, str(port), str(i), str(out)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], [e[-3000:] for e in errs]
+    runs = [json.loads((tmp_path / f"out.json.{i}").read_text()) for i in range(2)]
+    with jax.enable_x64(True):
+        from ppl.backends.distributed import ef21_stepsize, ef21_w, top_k
+        from ppl.models.federated import heterogeneous_logistic, logistic_loss
+
+        data, Li, L, x0 = heterogeneous_logistic(n=8, m=12, d=10)
+        m = ef21_w(logistic_loss(0.1), top_k(3), ef21_stepsize(Li, 3 / 10, L=L), smoothness=Li, batch_size=5,
+                   participation=0.5)
+        st, info = m.run(jax.random.key(1), m.init(jax.random.key(0), jnp.asarray(x0), data), data, 40)
+        ref, ref_bytes = np.asarray(st.params), np.asarray(info.bytes_sent).tolist()
+    for i, r in enumerate(runs):
+        assert (r["process"], r["processes"], r["devices"], r["local_devices"]) == (i, 2, 8, 4)
+        assert np.max(np.abs(np.asarray(r["params"]) - ref)) < 1e-10
+        assert r["bytes"] == ref_bytes and r["g_clients_sharding"] == "P('clients',)"
