@@ -8,7 +8,6 @@ interface. Both processes pass the same full client data; each writes OUT.json.P
 final parameters and the bytes counted.
 """
 import json
-import os
 import sys
 
 import jax
@@ -22,7 +21,6 @@ jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processe
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ppl.backends.distributed import ef21_stepsize, ef21_w, top_k  # noqa: E402
 from ppl.models.federated import heterogeneous_logistic, logistic_loss  # noqa: E402
 

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from .._processes import free_port, run_together
+
 pytestmark = pytest.mark.slow
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_distributed_mesh_worker.py")
@@ -63,27 +65,13 @@ def test_ef21_across_two_processes_matches_one_process(tmp_path):
     """``jax.distributed`` with the gloo CPU collectives, 2 processes x 4 simulated devices on
     127.0.0.1, one mesh of 8 (one client per device): EF21-W with minibatches and partial
     participation gives the one-process, one-device result (computed here)."""
-    import socket
-
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    out = tmp_path / "out.json"
-    procs = [subprocess.Popen([sys.executable, TWO_PROCESS_WORKER, str(port), str(i), str(out)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    try:
-        errs = [p.communicate(timeout=300)[1] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert [p.returncode for p in procs] == [0, 0], [e[-3000:] for e in errs]
+    out, port = tmp_path / "out.json", free_port()
+    run_together([[sys.executable, TWO_PROCESS_WORKER, str(port), str(i), str(out)] for i in range(2)], env)
     runs = [json.loads((tmp_path / f"out.json.{i}").read_text()) for i in range(2)]
     with jax.enable_x64(True):
         from ppl.backends.distributed import ef21_stepsize, ef21_w, top_k

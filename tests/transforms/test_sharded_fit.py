@@ -10,11 +10,12 @@ exceed it.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
+
+from .._processes import free_port, run_together
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sharded_fit_worker.py")
 
@@ -74,12 +75,6 @@ def test_bad_mesh_input_is_named(report):
 TWO_PROCESS_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_two_process_fit_worker.py")
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_on_localhost_match_one_process(report, tmp_path):
     """Slow (two more JAX processes, about 15 s on 2 cores, and a network port): ``jax.distributed``
@@ -87,18 +82,8 @@ def test_two_processes_on_localhost_match_one_process(report, tmp_path):
     the same fit as the one-process worker, compared with its one-device result."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
                PYTHONPATH=os.path.dirname(TWO_PROCESS_WORKER))
-    port, out, ckpt = _free_port(), tmp_path / "out.json", tmp_path / "ck.npz"
-    procs = [subprocess.Popen([sys.executable, TWO_PROCESS_WORKER, str(port), str(i), str(out), str(ckpt)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    try:
-        errs = [p.communicate(timeout=300)[1] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert [p.returncode for p in procs] == [0, 0], [e[-3000:] for e in errs]
+    port, out, ckpt = free_port(), tmp_path / "out.json", tmp_path / "ck.npz"
+    run_together([[sys.executable, TWO_PROCESS_WORKER, str(port), str(i), str(out), str(ckpt)] for i in range(2)], env)
     runs = [json.loads((tmp_path / f"out.json.{i}").read_text()) for i in range(2)]
     for i, r in enumerate(runs):
         assert (r["process"], r["processes"], r["devices"], r["local_devices"]) == (i, 2, 8, 4)
