@@ -1,5 +1,4 @@
 """Smoke-run the distributed methods' examples in a subprocess with tiny flags."""
-
 import pytest
 
 from ._examples import assert_example_runs
@@ -14,7 +13,7 @@ CASES = {
 }
 
 
-@pytest.mark.slow  # 10-30 s each on 2 CPU cores, dominated by XLA compilation
+@pytest.mark.slow  # 10-60 s each on 2 busy CPU cores, dominated by XLA compilation
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_example_runs(script):
     flags, expected = CASES[script]
