@@ -24,8 +24,8 @@ import optax
 from ppl.backends.dcdm import (dcdm, dcdm_loss, direction_net_apply, direction_net_init, poisson_2d,
                                ritz_vectors, training_rhs)
 
-PAPER = ("fewer iterations than CG, independent of the problem size (3-D, 64^3 to 128^3; "
-         "e.g. tens of iterations against hundreds for CG)")
+PAPER = ("the residual reaches the tolerance in a small number of iterations, independent of the "
+         "problem size (3-D Poisson, 64^3 to 128^3), far fewer than CG")
 
 
 def main(argv=None):
