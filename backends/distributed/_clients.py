@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh
 from jax.sharding import PartitionSpec as P
 
 
@@ -83,6 +83,3 @@ def sharded(fn, mesh, axis, in_specs, out_specs):
     loss) do not carry varying-axes types (see transforms/README.md)."""
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
-
-def place(tree, mesh, spec):
-    return jax.device_put(tree, NamedSharding(mesh, spec))
