@@ -1,9 +1,10 @@
-"""One interpreter skeleton for every transformation.
+"""The interpreter skeleton: one handler-driven walk of staged programs.
 
-``run(closed_jaxpr, args, handler)`` evaluates a staged program equation by equation in the
-current JAX trace. Ordinary equations are re-bound as they are; random choices go to
-``handler.sample``; deterministic records to ``handler.deterministic``. Higher-order
-primitives get one rule each:
+``run(closed_jaxpr, args, handler)`` evaluates a staged program equation by equation (a loop)
+in the current JAX trace. Ordinary equations are re-bound as they are; random choices go to
+``handler.sample``; deterministic records to ``handler.deterministic``; equations of a
+:class:`SiteHoldingPrimitive` to ``handler.nested``. :class:`Handler` declares everything the
+walk relies on. Higher-order primitives get one rule each:
 
 - call-like (``jit``, ``closed_call``, ``remat``): inlined when they contain random choices;
 - ``scan``: ``handler.scan`` (threads the handler's state through ``lax.scan``);
@@ -12,6 +13,11 @@ primitives get one rule each:
 
 Equations whose sub-programs hold no random choice are re-bound untouched, so ``jit`` and
 ``scan`` structure survives and compile time stays low.
+
+Every interpreter of ``ppl`` runs on this walk, and ADEV uses it to flatten and to sample
+objectives. ADEV's differentiation is a second walk (``ppl.transforms.adev._eval``,
+continuation-passing on dual numbers), because an estimator needs the rest of the program as
+a function, which a per-equation handler cannot give; transforms/README.md, "Two walks".
 """
 from __future__ import annotations
 
@@ -104,7 +110,16 @@ def _read(env, v):
 
 
 class Handler:
-    """What a transformation does at random choices. Subclasses override what they need."""
+    """What a transformation does at random choices: the protocol the walk relies on.
+
+    ``eval_eqn`` calls ``sample(site)`` at each random choice (returns its value),
+    ``deterministic(addr, value, batch)`` at each record, ``nested(eqn, invals)`` at each
+    equation of a :class:`SiteHoldingPrimitive`, ``scan(eqn, invals)`` and
+    ``cond(eqn, invals)`` at ``lax.scan`` / ``lax.cond`` holding random choices (all return
+    the equation's outputs). ``rescan`` builds a fresh handler per scan iteration and stacks
+    what its ``scan_outputs()`` returns. Subclasses override what they need; the defaults of
+    ``nested``, ``scan`` and ``cond`` refuse with a named error (``sample`` has none).
+    """
 
     def sample(self, site: Site):
         raise NotImplementedError
@@ -115,6 +130,10 @@ class Handler:
     def nested(self, eqn, invals):
         """An equation of a ``SiteHoldingPrimitive`` (a nested expectation)."""
         raise UnsupportedControlFlow(f"{eqn.primitive.name} is not supported by this interpreter")
+
+    def scan_outputs(self):
+        """What one scan iteration's handler hands back to ``rescan`` (a pytree of arrays)."""
+        return ()
 
     def scan(self, eqn, invals):
         raise UnsupportedControlFlow(

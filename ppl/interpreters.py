@@ -16,6 +16,12 @@ call               ``call(address, p, *args)``: run ``p`` inside another program
                    addresses under ``address`` (hierarchical addresses).
 =================  =====================================================================
 
+``simulate``, ``generate``, ``assess``, ``replay`` and ``harvest`` are thin wrappers of one
+traced run (``_traced_run``): a choice's value comes from ``obs=``, else from the constraints,
+else from the run's strategy object: ``_Draw(key)`` (draw from a key), ``_ScoreOnly()`` (every
+value must be given: assess) or ``_Keep()`` (the choice stays random: harvest). ``call`` and
+``condition`` re-emit the program (``Reemit``).
+
 All of them compose with ``jit``, ``vmap`` and ``grad`` (they are ordinary JAX functions once
 the program is staged). Random choices inside ``lax.scan`` get values stacked along the scan
 axis under one address; inside ``jax.vmap`` they gain the mapped axes.
@@ -54,11 +60,84 @@ def _split(key):
     return k1, k2
 
 
-class _TraceHandler(Handler):
-    """Samples or constrains each choice and accumulates the trace."""
+# ---------------------------------------------------------------------------------------
+# how a choice gets its value: constraints first, then the run's strategy
 
-    def __init__(self, key, constraints: dict, who: str):
+
+class _Strategy:
+    """What a traced run does at a random choice that neither ``obs=`` nor a constraint fixes.
+
+    ``value(site, d, who)`` gives its value; ``deterministic`` treats a record; a ``lax.scan``
+    body gets ``child(x)`` per iteration from ``scan_xs(length)`` (sliced along the scan), a
+    ``lax.cond`` branch gets ``child(cond_x())``.
+    """
+
+    def value(self, site, d, who):
+        raise NotImplementedError
+
+    def deterministic(self, addr, value, batch):
+        return value
+
+    def scan_xs(self, length):
+        return None
+
+    def cond_x(self):
+        return None
+
+    def child(self, x):
+        return self
+
+
+class _Draw(_Strategy):
+    """Draw from a key (simulate, generate, replay): each choice and each scan iteration or
+    cond gets its own split of the key."""
+
+    def __init__(self, key):
         self.key = key
+
+    def value(self, site, d, who):
+        self.key, sub = _split(self.key)
+        return d.sample(sub)
+
+    def scan_xs(self, length):
+        self.key, sub = _split(self.key)
+        return jax.random.split(sub, length)
+
+    def cond_x(self):
+        self.key, sub = _split(self.key)
+        return sub
+
+    def child(self, key):
+        return _Draw(key)
+
+
+class _ScoreOnly(_Strategy):
+    """Score only (assess): every sampled choice must come from the constraints."""
+
+    def value(self, site, d, who):
+        raise _MissingChoice(site.addr,
+            f"{who}: no value for address {fmt_address(site.addr)!r}, which the program "
+            "samples. Supply every sampled address in the choice map, or use "
+            "ppl.generate(program)(key, constraints, *args) to sample the missing ones.")
+
+
+class _Keep(_Strategy):
+    """Keep the choice random (harvest): the site and records are re-emitted, so an enclosing
+    interpreter (ADEV) gives the value; the trace holds what it gives."""
+
+    def value(self, site, d, who):
+        return rebind_site(site)
+
+    def deterministic(self, addr, value, batch):
+        return det_p.bind(value, addr=addr, batch=batch)
+
+
+class _TraceHandler(Handler):
+    """Records a trace: choices, records, score and weight; values from constraints first,
+    then from the strategy."""
+
+    def __init__(self, strategy: _Strategy, constraints: dict, who: str):
+        self.strategy = strategy
         self.constraints = constraints
         self.who = who
         self.choices: dict = {}
@@ -98,25 +177,17 @@ class _TraceHandler(Handler):
             lp = log_density(value)
             self.weight = self.weight + lp
         else:
-            if self.key is None:
-                raise _MissingChoice(addr,
-                    f"{self.who}: no value for address {fmt_address(addr)!r}, which the program "
-                    "samples. Supply every sampled address in the choice map, or use "
-                    "ppl.generate(program)(key, constraints, *args) to sample the missing ones.")
-            value = self._draw(site, d)
+            value = self.strategy.value(site, d, self.who)
             lp = log_density(value)
         self.score = self.score + lp
         self.choices[addr] = value
         return value
 
-    def _draw(self, site, d):
-        self.key, sub = _split(self.key)
-        return d.sample(sub)
-
-    def _child(self, x):
-        return type(self)(x[0], x[1], self.who)
+    def _child(self, strategy, constraints):
+        return _TraceHandler(strategy, constraints, self.who)
 
     def deterministic(self, addr, value, batch):
+        value = self.strategy.deterministic(addr, value, batch)
         self._claim(addr)
         self.dets[addr] = value
         return value
@@ -132,12 +203,12 @@ class _TraceHandler(Handler):
                     f"{self.who}: the value for address {fmt_address(a)!r} (a random choice inside "
                     f"lax.scan of length {length}) must have a leading axis of length {length}; "
                     f"got shape {shape}.")
-        keys = None
-        if self.key is not None and self.key is not _HARVEST:
-            self.key, sub = _split(self.key)
-            keys = jax.random.split(sub, length)
-        outs, (choices, dets, score, weight) = rescan(
-            eqn, invals, self._child, (keys, sliced))
+        def body_handler(iteration):  # this iteration's slices of scan_xs and of the constraints
+            strategy_x, constraints = iteration
+            return self._child(self.strategy.child(strategy_x), constraints)
+
+        xs = self.strategy.scan_xs(length)
+        outs, (choices, dets, score, weight) = rescan(eqn, invals, body_handler, (xs, sliced))
         self._merge(choices, dets)
         self.visited |= set(sliced)
         self.score = self.score + jnp.sum(score)
@@ -151,16 +222,14 @@ class _TraceHandler(Handler):
         address in several branches must have the same shape and dtype in each.
         """
         index, ops = invals[0], list(invals[1:])
-        sub = None
-        if self.key is not None and self.key is not _HARVEST:
-            self.key, sub = _split(self.key)
+        x = self.strategy.cond_x()
 
         def make(b):
             baddrs = set(site_addresses(b))
             cons = {a: v for a, v in self.constraints.items() if a in baddrs}
 
             def branch(*o):
-                h = self._child((sub, cons))
+                h = self._child(self.strategy.child(x), cons)
                 return run(b, list(o), h), h.scan_outputs()
 
             return branch, cons
@@ -206,6 +275,21 @@ class _TraceHandler(Handler):
 
     def unvisited(self):
         return [a for a in self.constraints if a not in self.visited]
+
+    def trace(self, retval):
+        return Trace(ChoiceMap(self.choices), self.score, retval, ChoiceMap(self.dets))
+
+
+def _traced_run(program, args, strategy: _Strategy, constraints: dict, who: str):
+    """The one traced run behind simulate, generate, assess, replay and harvest:
+    ``(handler, retval, closed_jaxpr)``."""
+    closed, flat, out_tree = _stage(program, args)
+    h = _TraceHandler(strategy, constraints, who)
+    try:
+        out = run(closed, flat, h)
+    except _MissingChoice as e:
+        raise _mismatch(closed, constraints, who, e.addr) from None
+    return h, jax.tree_util.tree_unflatten(out_tree, out), closed
 
 
 class _MissingChoice(KeyError):
@@ -257,26 +341,6 @@ def _names(names):
     return ", ".join(repr(n) for n in names)
 
 
-_HARVEST = object()  # marks a harvesting handler (it draws by re-emitting the site)
-
-
-class _Harvest(_TraceHandler):
-    """Like simulate, but the random choices stay in the program (re-emitted for ADEV)."""
-
-    def __init__(self, key, constraints, who):
-        super().__init__(_HARVEST, constraints, who)
-
-    def _draw(self, site, d):
-        return rebind_site(site)
-
-    def _child(self, x):
-        return _Harvest(None, x[1], self.who)
-
-    def deterministic(self, addr, value, batch):
-        value = det_p.bind(value, addr=addr, batch=batch)
-        return super().deterministic(addr, value, batch)
-
-
 def harvest(program):
     """``harvest(program)(*args) -> Trace`` inside another program or objective.
 
@@ -286,10 +350,8 @@ def harvest(program):
     """
 
     def harvest_fn(*args):
-        closed, flat, out_tree = _stage(program, args)
-        h = _Harvest(None, {}, "harvest")
-        out = run(closed, flat, h)
-        return _finish(h, out, out_tree)
+        h, retval, _ = _traced_run(program, args, _Keep(), {}, "harvest")
+        return h.trace(retval)
 
     return harvest_fn
 
@@ -313,19 +375,12 @@ def _constraints(choices, who):
     return dict(cm.items())
 
 
-def _finish(h, out, out_tree):
-    retval = jax.tree_util.tree_unflatten(out_tree, out)
-    return Trace(ChoiceMap(h.choices), h.score, retval, ChoiceMap(h.dets))
-
-
 def simulate(program):
     """``simulate(program)(key, *args) -> Trace``: run the program, sampling every choice."""
 
     def simulate_fn(key, *args):
-        closed, flat, out_tree = _stage(program, args)
-        h = _TraceHandler(key, {}, "simulate")
-        out = run(closed, flat, h)
-        return _finish(h, out, out_tree)
+        h, retval, _ = _traced_run(program, args, _Draw(key), {}, "simulate")
+        return h.trace(retval)
 
     return simulate_fn
 
@@ -340,11 +395,9 @@ def generate(program):
 
     def generate_fn(key, constraints, *args):
         cons = _constraints(constraints, "generate")
-        closed, flat, out_tree = _stage(program, args)
-        h = _TraceHandler(key, cons, "generate")
-        out = run(closed, flat, h)
+        h, retval, _ = _traced_run(program, args, _Draw(key), cons, "generate")
         _check_all_visited(h)
-        return _finish(h, out, out_tree), h.weight
+        return h.trace(retval), h.weight
 
     return generate_fn
 
@@ -380,15 +433,10 @@ def assess(program):
 
     def assess_fn(choices, *args):
         cons = _constraints(choices, "assess")
-        closed, flat, out_tree = _stage(program, args)
-        h = _TraceHandler(None, cons, "assess")
-        try:
-            out = run(closed, flat, h)
-        except _MissingChoice as e:
-            raise _mismatch(closed, cons, "assess", e.addr) from None
+        h, retval, closed = _traced_run(program, args, _ScoreOnly(), cons, "assess")
         if h.unvisited():
             raise _mismatch(closed, cons, "assess")
-        return h.score, jax.tree_util.tree_unflatten(out_tree, out)
+        return h.score, retval
 
     return assess_fn
 
@@ -398,10 +446,8 @@ def replay(program, trace):
 
     def replay_fn(key, *args):
         cons = _constraints(trace, "replay")
-        closed, flat, out_tree = _stage(program, args)
-        h = _TraceHandler(key, cons, "replay")
-        out = run(closed, flat, h)
-        return _finish(h, out, out_tree)
+        h, retval, _ = _traced_run(program, args, _Draw(key), cons, "replay")
+        return h.trace(retval)
 
     return replay_fn
 
@@ -441,9 +487,6 @@ class Reemit(Handler):
         sliced = {a: v for a, v in self.constraints.items() if a in body_addrs}
         outs, _ = rescan(eqn, invals, lambda c: Reemit(self.prefix, c), sliced)
         return outs
-
-    def scan_outputs(self):
-        return ()
 
     def cond(self, eqn, invals):
         index, ops = invals[0], invals[1:]

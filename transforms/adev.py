@@ -14,6 +14,13 @@ straight line of equations. ``lax.cond``/``switch`` with random choices inside i
 branch chosen at run time continues into the rest of the program inside ``lax.switch``.
 ``while_loop`` with random choices is refused with a named error.
 
+This is the second of two walks over staged programs, on purpose: flattening and plain
+sampling (``Sampler``) are handlers of ppl's skeleton (``ppl._interp.run``), but a handler
+sees one equation at a time, and an estimator needs the rest of the program as a function
+(the continuation) to call zero, one or many times. So the walk here has its own reader of
+dual values. It loops over equations and recurses only at continuation points (see "how deep
+the walk goes" below); ``debug_nonfinite`` is a context, read once per walk.
+
 The nested-expectation primitive ``expect_p`` (``E(*args)`` inside another objective) is
 defined at the end of this module with every rule it has: JAX's (abstract evaluation, and
 evaluation/lowering outside an objective, which raise) and the interpreters' (flattening keeps
@@ -331,9 +338,6 @@ class Sampler(Handler):
         keys = jax.random.split(sub, eqn.params["length"])
         outs, _ = rescan(eqn, invals, Sampler, keys)
         return outs
-
-    def scan_outputs(self):
-        return ()
 
     def cond(self, eqn, invals):
         self.key, sub = jax.random.split(self.key)
