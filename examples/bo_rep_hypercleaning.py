@@ -11,7 +11,7 @@ level: the cross-entropy of ``W`` on a small clean validation set. Both levels d
 Compared at equal budget (the same number of outer steps and of lower-level SGD steps, and the
 same z-iterate for the linear system):
   * BO-REP: initialization refinement, a lower update every ``--period`` steps, normalized
-    momentum on ``lam``;
+    momentum on ``lam``; its step ``eta`` is the best of ``--upper-lrs`` by validation loss;
   * plain: a lower update at every step (the same total number of lower steps, spread evenly,
     no refinement) and plain SGD on ``lam``; its learning rate is the best of ``--plain-lrs``
     by validation loss (the example reports all of them);
@@ -94,9 +94,10 @@ def main(argv=None):
     ap.add_argument("--refine", type=int, default=600, help="BO-REP's T0")
     ap.add_argument("--lower-lr", type=float, default=1.0)
     ap.add_argument("--z-lr", type=float, default=1.0)
-    ap.add_argument("--upper-lr", type=float, default=0.5, help="normalized momentum's eta")
+    ap.add_argument("--upper-lrs", type=float, nargs="+", default=[0.5, 1.0, 2.0],
+                    help="normalized momentum's eta: the best by validation loss is reported")
     ap.add_argument("--momentum", type=float, default=0.9)
-    ap.add_argument("--plain-lrs", type=float, nargs="+", default=[1e2, 1e3, 1e4])
+    ap.add_argument("--plain-lrs", type=float, nargs="+", default=[1e3, 1e4, 1e5])
     ap.add_argument("--noisy-steps", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -118,8 +119,7 @@ def main(argv=None):
 
     def report(name, state):
         lam, W = state.x, state.y
-        val = float(f(lam, W, key)) if args.batch >= len(p["y_va"]) else float(
-            jnp.mean(cross_entropy(W, p["x_va"], p["y_va"])))
+        val = float(jnp.mean(cross_entropy(W, p["x_va"], p["y_va"])))  # the whole validation set
         print(f"{name:<28s} test acc {accuracy(W, p['x_te'], p['y_te']):.4f}   "
               f"val loss {val:.4f}   train acc (noisy labels) "
               f"{accuracy(W, p['x_tr'], p['y_tr']):.4f}")
@@ -127,25 +127,29 @@ def main(argv=None):
 
     print(f"{'noisy (lam = 0)':<28s} test acc {accuracy(W_noisy, p['x_te'], p['y_te']):.4f}")
 
-    borep = bo_rep(f, g, upper_lr=args.upper_lr, momentum=args.momentum, lower_lr=args.lower_lr,
-                   period=args.period, lower_steps=args.lower_steps, refine_steps=args.refine,
-                   z_lr=args.z_lr)
-    state, info = borep.run(key, lam0, W0, args.steps)
-    report("BO-REP", state)
+    rows = []
+    for lr in args.upper_lrs:
+        borep = bo_rep(f, g, upper_lr=lr, momentum=args.momentum, lower_lr=args.lower_lr,
+                       period=args.period, lower_steps=args.lower_steps, refine_steps=args.refine,
+                       z_lr=args.z_lr)
+        st, _ = borep.run(key, lam0, W0, args.steps)
+        rows.append((report(f"BO-REP eta={lr:g}", st), lr, st))
+    _, lr, state = min(rows, key=lambda r: r[0])
     w = np.asarray(jax.nn.sigmoid(state.x))
+    print(f"BO-REP (best eta={lr:g} by val loss) test acc "
+          f"{accuracy(state.y, p['x_te'], p['y_te']):.4f}")
     print(f"BO-REP weights: mean {w[p['flipped']].mean():.3f} on flipped, "
           f"{w[~p['flipped']].mean():.3f} on clean; AUC(flipped) "
           f"{auc(-np.asarray(state.x), p['flipped']):.3f}")
 
     per_step = math.ceil(budget / args.steps)  # the plain baseline's lower steps per outer step
-    best = None
+    rows = []
     for lr in args.plain_lrs:
         plain = bo_rep(f, g, upper_optimizer=optax.sgd(lr), lower_lr=args.lower_lr, period=1,
                        lower_steps=per_step, refine_steps=0, z_lr=args.z_lr)
         st, _ = plain.run(key, lam0, W0, args.steps)
-        val = report(f"plain SGD lr={lr:g}", st)
-        if best is None or val < best[0]:
-            best = (val, lr, st)
+        rows.append((report(f"plain SGD lr={lr:g}", st), lr, st))
+    best = min(rows, key=lambda r: r[0])
     W = best[2].y
     print(f"plain-gradient baseline (best lr={best[1]:g} by val loss, {per_step * args.steps} "
           f"lower steps) test acc {accuracy(W, p['x_te'], p['y_te']):.4f}")

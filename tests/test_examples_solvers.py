@@ -10,8 +10,8 @@ def test_bo_rep_hypercleaning_example():
     out = assert_example_runs(
         "bo_rep_hypercleaning.py",
         ["--n-train", "200", "--n-test", "200", "--n-valid", "100", "--steps", "60", "--refine", "60",
-         "--lower-steps", "5", "--period", "5", "--plain-lrs", "1000", "--noisy-steps", "200",
-         "--batch", "100"],
+         "--lower-steps", "5", "--period", "5", "--plain-lrs", "1000", "--upper-lrs", "0.5",
+         "--noisy-steps", "200", "--batch", "100"],
         ["noisy (lam = 0)", "plain-gradient baseline", "summary: test acc noisy"])
     line = next(s for s in out.splitlines() if s.startswith("BO-REP weights"))
     w_flipped, w_clean = float(line.split()[3]), float(line.split()[6])
