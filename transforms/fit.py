@@ -159,7 +159,8 @@ def _check_data(data, batch_size):
 
 def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, chunk=100,
         checkpoint=None, resume=False, callbacks=(), progress=None, debug=False,
-        compiler_options=None, checkpoint_info=None, mesh=None, data_axis=None) -> FitResult:
+        compiler_options=None, checkpoint_info=None, mesh=None, data_axis=None,
+        param_sharding=None) -> FitResult:
     """Minimize ``loss`` for ``num_steps`` steps from ``params`` (see the module docstring).
 
     ``checkpoint``: a file path (``.npz``); written atomically after every chunk.
@@ -188,11 +189,24 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
     axis size. Results equal the one-device run up to the order of float additions;
     checkpoints hold plain arrays (written by process 0 only), so a run checkpointed on one
     device count resumes on another. Not supported with an adaptive batch size.
+
+    ``param_sharding`` (with ``mesh``): the parameters, and the parts of the optimizer state
+    shaped like them, split along mesh axes instead of replicated (ZeRO/FSDP-style when the
+    axis is the data axis, tensor-parallel when it is another one). A mesh axis name
+    (``"model"``: each leaf's largest dimension divisible by that axis' size is split, leaves
+    without one stay replicated), a pytree of ``PartitionSpec`` shaped like ``params``, or a
+    function ``(path, leaf) -> PartitionSpec``; bad axes or indivisible dimensions are refused
+    naming the parameter. Without ``data`` the mesh then needs no ``data_axis``. The chunk is
+    compiled once with these shardings; results equal the one-device run up to the order of
+    float additions; checkpoints hold whole arrays (gathered across processes), so they resume
+    with another mesh, another ``param_sharding``, or none.
     """
     if num_steps < 0 or chunk < 1:
         raise ValueError(f"fit: num_steps must be >= 0 and chunk >= 1 (got {num_steps}, {chunk})")
     if data_axis is not None and mesh is None:
         raise ValueError(f"fit(data_axis={data_axis!r}) names an axis of mesh=, which is missing")
+    if param_sharding is not None and mesh is None:
+        raise ValueError("fit(param_sharding=...) places the parameters on the axes of mesh=, which is missing")
     if batch_size is not None and not isinstance(batch_size, (int, np.integer)):
         if mesh is not None:
             raise ValueError("fit(mesh=...) is not supported with an adaptive batch size (its buckets would "
@@ -208,7 +222,9 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
                             callbacks=callbacks, progress=progress, compiler_options=compiler_options,
                             checkpoint_info=checkpoint_info)
     _check_data(data, batch_size)
-    where = None if mesh is None else _sharding.placement(mesh, data_axis, data, batch_size)
+    where = None if mesh is None else _sharding.placement(mesh, data_axis, data, batch_size,
+                                                          need_data=param_sharding is None)
+    specs = None if param_sharding is None else _sharding.param_specs(param_sharding, params, where.mesh)
     _check_compiler_options(compiler_options)
     kern = kernel(loss, optimizer)
     # weak types (params such as jnp.full(n, 1.0)) would not survive the first chunk and make
@@ -220,10 +236,11 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
     step_key, data_key = jax.random.split(key)
     shardings = {}
     if where is not None:
-        state = jax.device_put(state, where.replicated)
+        placed = where.replicated if specs is None else _sharding.state_shardings(state, specs, where, optimizer)
+        state = jax.device_put(state, placed)
         data = _sharding.place_data(data, where)
-        shardings = dict(in_shardings=(where.replicated, where.examples, where.replicated, where.replicated),
-                         out_shardings=where.replicated)
+        shardings = dict(in_shardings=(placed, where.examples, where.replicated, where.replicated),
+                         out_shardings=(placed, where.replicated, where.replicated))
 
     @functools.partial(jax.jit, compiler_options=compiler_options, **shardings)
     def run_chunk(state, data, t0, n):
@@ -295,7 +312,8 @@ def _strong(a):
 
 
 def _save_once(path, state, history, info):
-    """Write the checkpoint from process 0 only (every process holds the same replicated state)."""
+    """Write the checkpoint from process 0 only (after every process has gathered the whole state)."""
+    state = _sharding.gather_for_checkpoint(state)
     if jax.process_index() == 0:
         _checkpoint.save(path, state, history, info=info)
 

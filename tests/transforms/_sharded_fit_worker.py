@@ -8,6 +8,9 @@ guide fitted by the ELBO with ADEV gradients and plain SGD. Runs the same fit on
 on meshes of 8, 2 and 4x2 devices; checkpoints on 8 devices and resumes on 1, and back; checks
 that only process 0 writes a checkpoint; collects the error messages for bad input.
 
+Parameters sharded along a second mesh axis (``param_sharding=``) are checked on a location
+model with matrix parameters (``param_sharded``), with the same tolerance derivation.
+
 Tolerance (float reduction order). A minibatch gradient is a sum of B per-example terms; the
 sharded run adds them in another order (per-device partial sums, then an all-reduce). For a
 sum of B terms any order is within (B - 1) eps sum_i |g_i| of the exact sum (eps: float32's
@@ -23,6 +26,7 @@ lambda_max are the extreme eigenvalues of the loss's Hessian measured the same w
 doubled for the path). A negative control (the minibatch missing one device's share) must
 differ by more than the tolerance.
 """
+import functools
 import json
 import os
 import sys
@@ -38,6 +42,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import numpyro.distributions as nd  # noqa: E402
 import optax  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import ppl  # noqa: E402
 from ppl.transforms import expectation  # noqa: E402
@@ -84,9 +89,9 @@ PARAMS = {"loc": jnp.array([0.1, 0.2, -0.3]), "s": jnp.full((D,), -1.0)}
 KEY = jax.random.key(11)
 
 
-def run(num_steps=T, loss=loss, **kw):
-    r = fit(loss, optax.sgd(LR), PARAMS, key=KEY, num_steps=num_steps, data=data(), batch_size=B, chunk=CHUNK,
-            progress=False, **kw)
+def run(num_steps=T, loss=loss, params=PARAMS, d=None, optimizer=None, **kw):
+    r = fit(loss, optimizer or optax.sgd(LR), params, key=KEY, num_steps=num_steps,
+            data=data() if d is None else d, batch_size=B, chunk=CHUNK, progress=False, **kw)
     return jax.tree.map(np.asarray, r.params), r
 
 
@@ -94,13 +99,102 @@ def flat(p):
     return np.concatenate([np.ravel(p["loc"]), np.ravel(p["s"])])
 
 
-def tolerance(params_path, steps=(0, 9, 19, 29)):
+# Parameters sharded along a second mesh axis (fit(param_sharding=...)): a location model whose
+# parameters are matrices, y_i ~ Normal(w, SIGMA) with w of shape LOC_SHAPE, so the gradient of
+# each parameter is again a sum of B per-example terms (the same tolerance derivation applies).
+LOC_SHAPE = (4, 6)
+LOC_PARAMS = {"loc": jnp.zeros(LOC_SHAPE), "s": jnp.full(LOC_SHAPE, -1.0)}
+PARAM_SPECS = []
+
+
+def loc_model(y):
+    w = ppl.sample("w", nd.Normal(jnp.zeros(LOC_SHAPE), 1.0).to_event(2))
+    ppl.sample("y", nd.Normal(jnp.broadcast_to(w, y.shape), SIGMA).to_event(3), obs=y)
+
+
+E_LOC = expectation(O.elbo(loc_model, guide))
+
+
+def loc_loss(k, p, b):
+    TRACES["n"] += 1
+    jax.debug.inspect_array_sharding(p["loc"], callback=lambda s: PARAM_SPECS.append(str(getattr(s, "spec", s))))
+    return -E_LOC.estimate(k, (b["y"],), (p,))
+
+
+def loc_data():
+    w = jnp.arange(24.0).reshape(LOC_SHAPE) / 12 - 1
+    return {"y": w + SIGMA * jax.random.normal(jax.random.key(5), (N,) + LOC_SHAPE)}
+
+
+def param_sharded(tmp, mesh42, mesh24):
+    """fit(param_sharding=...) against the one-device run; the checkpoint resumed on other meshes."""
+    d = loc_data()
+    go = functools.partial(run, loss=loc_loss, params=LOC_PARAMS, d=d)
+    ref, _ = go()
+    out = tolerance([LOC_PARAMS, ref], loss=loc_loss, params0=LOC_PARAMS, d=d)
+    dropped = lambda k, p, b: loc_loss(k, p, jax.tree.map(lambda a: a[: B - B // 8], b))
+    out["negative_control"] = maxdiff(go(loss=dropped)[0], ref)  # one device's share of each minibatch lost
+    TRACES["n"] = 0
+    PARAM_SPECS.clear()
+    p42, r42 = go(mesh=mesh42, data_axis="data", param_sharding="model")
+    out["traces_three_chunks"] = TRACES["n"]
+    out["specs_in_loss"] = sorted(set(PARAM_SPECS))
+    out["result_specs"] = {"4x2 'model'": str(r42.params["loc"].sharding.spec)}
+    p24, r24 = go(mesh=mesh24, data_axis="data", param_sharding="model")
+    out["result_specs"]["2x4 'model'"] = str(r24.params["loc"].sharding.spec)
+    # the data axis itself (ZeRO/FSDP-style), and explicit specs as a pytree and as a function
+    pz, rz = go(mesh=mesh42, data_axis="data", param_sharding="data")
+    out["result_specs"]["4x2 'data'"] = str(rz.params["loc"].sharding.spec)
+    explicit = {"loc": P("data", "model"), "s": P()}
+    pe, re_ = go(mesh=mesh42, data_axis="data", param_sharding=explicit)
+    pf, rf = go(mesh=mesh42, data_axis="data", param_sharding=lambda path, leaf: P(None, "model"))
+    out["result_specs"]["explicit"] = [str(re_.params["loc"].sharding.spec), str(re_.params["s"].sharding.spec)]
+    out["result_specs"]["function"] = str(rf.params["s"].sharding.spec)
+    out["diff"] = {"4x2 'model'": maxdiff(p42, ref), "2x4 'model'": maxdiff(p24, ref), "4x2 'data'": maxdiff(pz, ref),
+                   "explicit": maxdiff(pe, ref), "function": maxdiff(pf, ref)}
+    # Adam: its moments take the parameters' sharding, its step count stays replicated
+    _, ra = go(CHUNK, mesh=mesh42, data_axis="data", param_sharding="model", optimizer=optax.adam(1e-2))
+    adam = ra.state.opt_state[0]
+    out["adam_specs"] = [str(adam.mu["loc"].sharding.spec), str(adam.nu["s"].sharding.spec),
+                         str(adam.count.sharding.spec)]
+    # checkpoint written once on 4x2 with the parameters sharded; resumed on one device and on 2x4
+    ck = os.path.join(tmp, "param_sharded.npz")
+    half, _ = go(20, mesh=mesh42, data_axis="data", param_sharding="model", checkpoint=ck)
+    back, _ = go(20, checkpoint=ck, resume=True)
+    out["restored_exact"] = bool(np.array_equal(flat(back), flat(half)))
+    r1 = go(checkpoint=ck, resume=True)[1]
+    r24b = go(checkpoint=ck, resume=True, mesh=mesh24, data_axis="data", param_sharding="model")[1]
+    out["resumed_steps"] = [int(r1.state.step), int(r24b.state.step)]
+    out["resumed_diff"] = {"to 1 device": maxdiff(jax.tree.map(np.asarray, r1.params), ref),
+                           "to 2x4": maxdiff(jax.tree.map(np.asarray, r24b.params), ref)}
+    # without data: the mesh needs no data axis
+    nd_ = fit(lambda k, p, b: jnp.sum((p["loc"] - 1.0) ** 2), optax.sgd(0.1), LOC_PARAMS, key=KEY, num_steps=5,
+              progress=False, mesh=mesh42, param_sharding="model")
+    out["no_data"] = [str(nd_.params["loc"].sharding.spec), float(np.max(np.abs(np.asarray(nd_.params["loc"]) - (1 - 0.8 ** 5))))]
+
+    def refuse(param_sharding, mesh=mesh42):
+        try:
+            go(2, mesh=mesh, data_axis="data" if mesh is not None else None, param_sharding=param_sharding)
+        except (ValueError, TypeError) as e:
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    out["errors"] = {"no_axis": refuse("tensor"), "spec_axis": refuse({"loc": P("tensor"), "s": P()}),
+                     "indivisible": refuse({"loc": P(None, "data"), "s": P()}),
+                     "too_long": refuse({"loc": P(None, None, "model"), "s": P()}),
+                     "structure": refuse({"loc": P()}), "not_a_spec": refuse({"loc": "model", "s": P()}),
+                     "no_mesh": refuse("model", mesh=None)}
+    return out
+
+
+def tolerance(params_path, steps=(0, 9, 19, 29), loss=loss, params0=PARAMS, d=None):
     """T lr (B - 1) eps S G (the module docstring), with S and the curvature measured on the
-    minibatches and keys of ``steps`` at each parameter vector of ``params_path``."""
+    minibatches and keys of ``steps`` at each parameter vector of ``params_path`` (for ``loss``
+    on data ``d``, default: the regression)."""
     eps = float(np.finfo(np.float32).eps)
-    d = data()
+    d = data() if d is None else d
     step_key, data_key = jax.random.split(KEY)
-    _, unflat = jax.flatten_util.ravel_pytree(PARAMS)
+    _, unflat = jax.flatten_util.ravel_pytree(params0)
 
     @jax.jit
     def measure(k, v, batch):  # per-example gradients' absolute sum; the loss's Hessian
@@ -198,6 +292,8 @@ def main():
                           int(e.state.step)))
     out["nonfinite"] = {"messages": [s_[0] for s_ in stops if s_], "steps": [s_[2] for s_ in stops if s_],
                         "state_diff": maxdiff_flat(stops[0][1], stops[1][1]) if None not in stops else None}
+
+    out["param_sharded"] = param_sharded(tmp, mesh42, jax.make_mesh((2, 4), ("data", "model")))
 
     d = data()
     out["errors"] = {

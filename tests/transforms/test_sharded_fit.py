@@ -6,7 +6,8 @@ tests below check it. The tolerance for "same as one device up to float reductio
 derived in the worker's docstring from float32's epsilon, the number of summands per
 minibatch gradient (16), the learning rate, the number of steps and the measured gradient
 sums and curvature; a negative control (one device's share of each minibatch dropped) must
-exceed it.
+exceed it. The same holds for ``fit(param_sharding=...)``, checked on a second problem whose
+parameters are matrices (its own measured tolerance and negative control).
 """
 import json
 import os
@@ -70,6 +71,46 @@ def test_bad_mesh_input_is_named(report):
     assert "data=" in e["no_data"]
     assert e["not_a_mesh"].startswith("TypeError") and "Mesh" in e["not_a_mesh"]
     assert "adaptive" in e["adaptive"]
+
+
+def test_param_sharded_fit_matches_one_device_up_to_reduction_order(report):
+    ps = report["param_sharded"]
+    assert ps["lr_times_max_curvature"] <= 2  # the tolerance's derivation assumes it
+    assert ps["tol"] < 0.1 * ps["negative_control"]
+    assert set(ps["diff"]) == {"4x2 'model'", "2x4 'model'", "4x2 'data'", "explicit", "function"}
+    for how, diff in ps["diff"].items():
+        assert diff <= ps["tol"], (how, diff, ps["tol"])
+
+
+def test_param_sharding_places_params_and_optimizer_state_compiled_once(report):
+    ps = report["param_sharded"]
+    # parameters of shape (4, 6): the largest dimension divisible by the axis size is split
+    assert ps["result_specs"] == {"4x2 'model'": "P(None, 'model')", "2x4 'model'": "P('model',)",
+                                  "4x2 'data'": "P('data',)", "explicit": ["P('data', 'model')", "P()"],
+                                  "function": "P(None, 'model')"}
+    assert ps["specs_in_loss"] == ["P(None, 'model')"]  # the loss sees them split too
+    assert ps["traces_three_chunks"] == 1
+    assert ps["adam_specs"] == ["P(None, 'model')", "P(None, 'model')", "P()"]  # moments split, count not
+    assert ps["no_data"][0] == "P(None, 'model')" and ps["no_data"][1] < 1e-6  # runs without data
+
+
+def test_param_sharded_checkpoint_resumes_on_other_meshes(report):
+    ps = report["param_sharded"]
+    assert ps["restored_exact"] is True
+    assert ps["resumed_steps"] == [30, 30]
+    for way, diff in ps["resumed_diff"].items():
+        assert diff <= ps["tol"], (way, diff)
+
+
+def test_bad_param_sharding_is_named(report):
+    e = report["param_sharded"]["errors"]
+    assert "'tensor'" in e["no_axis"] and "('data', 'model')" in e["no_axis"]
+    assert "['loc']" in e["spec_axis"] and "'tensor'" in e["spec_axis"]
+    assert "['loc']" in e["indivisible"] and "(6)" in e["indivisible"] and "(4)" in e["indivisible"]
+    assert "['loc']" in e["too_long"] and "3 dimensions" in e["too_long"]
+    assert "structure of params" in e["structure"]
+    assert e["not_a_spec"].startswith("TypeError") and "PartitionSpec" in e["not_a_spec"]
+    assert "mesh=" in e["no_mesh"]
 
 
 TWO_PROCESS_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_two_process_fit_worker.py")
