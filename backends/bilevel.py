@@ -194,7 +194,8 @@ def _check_inputs(f, g, x0, y0, key) -> None:
                                 f"{jnp.result_type(leaf)}.")
             try:
                 finite = bool(np.all(np.isfinite(np.asarray(leaf))))
-            except jax.errors.ConcretizationTypeError:  # traced (under jit): checked by no one
+            except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+                # traced (init under jit / vmap): the values are not known here
                 finite = True
             if not finite:
                 raise ValueError(f"BORep.init: `{name}` contains NaN or inf.")

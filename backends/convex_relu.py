@@ -43,19 +43,25 @@ __all__ = ["sample_gates", "admm", "ADMMResult", "convex_objective", "constraint
            "recover_network", "network_loss", "predict"]
 
 
+def _all_finite(a) -> bool:
+    try:
+        return bool(np.all(np.isfinite(np.asarray(a))))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return True  # traced (under jit / vmap): the values are not known here
+
+
 def _finite_matrix(where, X, y=None):
-    X = np.asarray(X)
-    if X.ndim != 2 or not np.issubdtype(X.dtype, np.floating):
-        raise ValueError(f"{where}: `X` must be a float matrix (n, d), got shape {X.shape} and "
-                         f"dtype {X.dtype}.")
-    if not np.all(np.isfinite(X)):
+    shape, dtype = jnp.shape(X), jnp.result_type(X)
+    if len(shape) != 2 or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{where}: `X` must be a float matrix (n, d), got shape {shape} and "
+                         f"dtype {dtype}.")
+    if not _all_finite(X):
         raise ValueError(f"{where}: `X` contains NaN or inf.")
     if y is not None:
-        y = np.asarray(y)
-        if y.shape != (X.shape[0],):
-            raise ValueError(f"{where}: `y` must have shape (n,) = ({X.shape[0]},) to match `X`, "
-                             f"got {y.shape}.")
-        if not np.all(np.isfinite(y)):
+        if jnp.shape(y) != (shape[0],):
+            raise ValueError(f"{where}: `y` must have shape (n,) = ({shape[0]},) to match `X`, "
+                             f"got {jnp.shape(y)}.")
+        if not _all_finite(y):
             raise ValueError(f"{where}: `y` contains NaN or inf.")
 
 

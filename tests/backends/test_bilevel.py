@@ -102,6 +102,17 @@ def test_periodic_updates_and_initialization_refinement(key):
         assert not np.array_equal(ys[2], ys[3])
 
 
+def test_kernel_composes_with_jit_and_vmap(key):
+    q = quadratic()
+    kernel = bo_rep(q["f"], q["g"], upper_lr=0.01, lower_lr=0.1, refine_steps=3, z_lr=0.1)
+    y0 = jnp.zeros(q["m"])
+    np.testing.assert_allclose(jax.jit(kernel.init)(key, q["x0"], y0).y,
+                               kernel.init(key, q["x0"], y0).y, rtol=1e-6)
+    xs = jnp.stack([q["x0"], -q["x0"]])
+    batched = jax.vmap(lambda x: kernel.run(key, x, y0, 4)[0].x)(xs)
+    np.testing.assert_allclose(batched[1], kernel.run(key, -q["x0"], y0, 4)[0].x, rtol=1e-5)
+
+
 def test_normalized_momentum_is_the_papers_update():
     opt = normalized_momentum(0.3, momentum=0.8)
     x = jnp.array([1.0, -2.0])

@@ -67,6 +67,12 @@ def test_admm_objective_is_not_below_the_optimum_and_converges_from_above(key):
         assert float(res.objective[-1]) > cvxpy_optimum(X, y, gates, beta) * (1 + 1e-4)
 
 
+def test_admm_runs_under_jit(key):
+    X, y, gates, beta = tiny_problem(key)
+    f = lambda X_, y_: cr.admm(X_, y_, gates, beta=beta, rho=1.0, num_iters=20).objective[-1]
+    np.testing.assert_allclose(jax.jit(f)(X, y), f(X, y), rtol=1e-5)
+
+
 def test_bad_inputs_raise(key):
     X, y, gates, beta = tiny_problem(key)
     for kw, word in [(dict(beta=0.0), "beta"), (dict(beta=float("nan")), "beta"),
