@@ -13,7 +13,7 @@ reported for N in ``--ns`` and beta in ``--betas``, with the Jacobian asymmetry
 Tab. 1, Fig. 3-4): holomorphic EP matches the true gradient for symmetric networks, with a
 better estimate as N grows; asymmetric weights lower the alignment; homeostasis restores it.
 
-    python examples/eqprop_digits.py --steps 300 --out runs/eqprop_digits
+    python examples/eqprop_digits.py --steps 300 --iters 200 --out runs/eqprop_digits
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def train(net, p, args, xtr, ytr, homeo, key):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--iters", type=int, default=100, help="fixed-point iterations per phase")
+    ap.add_argument("--iters", type=int, default=200, help="fixed-point iterations per phase")
     ap.add_argument("--dt", type=float, default=1.0, help="damping step of the fixed-point iteration")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=64)
