@@ -17,7 +17,7 @@ import pytest
 
 from ppl.backends.equilibrium import FixedPointNet
 
-from ..estimators._stat import assert_biased, assert_unbiased, power_limit
+from .._stats import assert_biased, assert_unbiased, power_limit
 
 H, DIN, C, B = 12, 5, 3, 8
 
