@@ -260,6 +260,9 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
         (state, _), (losses, finite) = jax.lax.scan(body, (state, jnp.array(False)), jnp.arange(chunk))
         return state, losses, finite
 
+    if where is not None:  # the loss is traced under the mesh: particle_axis= and P(...) name its axes
+        run_chunk = _under_mesh(run_chunk, where.mesh)
+
     bar = _progress(progress, num_steps, int(state.step))
     done = int(state.step)
     first_call = True
@@ -305,6 +308,13 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
         if bar is not None:
             bar.close()
     return FitResult(state.params, state, history)
+
+
+def _under_mesh(f, mesh):
+    def call(*args):
+        with jax.set_mesh(mesh):
+            return f(*args)
+    return call
 
 
 def _strong(a):

@@ -12,6 +12,10 @@ K > 1, see Tucker et al. 2018); ``rws_wake_p`` / ``rws_wake_q`` are surrogate up
 reweighted wake-sleep, not gradients of a bound. ``iwae_dreg`` needs every guide choice
 reparameterized and refuses (at trace time, naming the site) one that is not. ``elbo_stl``
 stays unbiased for any guide: the term it drops, ``E_q[d log q_phi(z) / d phi]``, is zero.
+``particle_axis=`` (the objectives with K particles: ``iwae``, ``iwae_stl``, ``iwae_dreg``,
+``renyi``, ``vimco``, ``rws_wake_p``, ``rws_wake_q``, ``f_divergence``) splits the particles
+along a mesh axis (:func:`split_particles`); the same key gives the same estimate and gradient
+up to the order of float additions.
 ``f_divergence`` is unbiased for ``-grad D_f(p || q)`` with the ratio from the model's and the
 guide's own densities (a normalized model), and marks itself biased with an estimated ratio
 (``log_ratio=``, e.g. a discriminator) or self-normalized weights (``normalize=True``).
@@ -23,6 +27,8 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 from ._fdiv import (FORWARD_KL, HELLINGER, JEFFREYS, JENSEN_SHANNON, NEYMAN, REVERSE_KL,
                     FDivergence)
@@ -32,19 +38,63 @@ from .vi import Marginal, density, model_density, sim
 __all__ = ["elbo", "elbo_stl", "iwae", "iwae_dreg", "iwae_stl", "renyi", "vimco",
            "hvi", "iwhvi", "diwhvi", "sivi", "rws_wake_p", "rws_wake_q", "f_divergence",
            "FDivergence", "REVERSE_KL", "FORWARD_KL", "JENSEN_SHANNON", "HELLINGER", "JEFFREYS",
-           "NEYMAN"]
+           "NEYMAN", "split_particles"]
 
 sg = jax.lax.stop_gradient
 
 
-def _particles(model, guide, k, model_args, guide_args, guide_args_for_density=None):
-    """K guide draws (one vmapped random choice per guide site) and their log weights."""
+def _particles(model, guide, k, model_args, guide_args, guide_args_for_density=None, axis=None, who="iwae"):
+    """K guide draws (one vmapped random choice per guide site) and their log weights; with
+    ``axis``, the particles split along that mesh axis (:func:`split_particles`)."""
     def one(_):
         tr = sim(guide, *guide_args)
         logq = tr.score if guide_args_for_density is None else density(guide, tr.choices, *guide_args_for_density)
         return tr.choices, model_density(model, tr.choices, *model_args) - logq
 
-    return jax.vmap(one)(jnp.arange(k))
+    index = split_particles(jnp.arange(k), axis, who)
+    return split_particles(jax.vmap(one)(index), axis, who)
+
+
+def split_particles(tree, axis, who="objective"):
+    """Every leaf of ``tree`` (leading axis: the particles) split along mesh axis ``axis``.
+
+    A sharding constraint (``jax.lax.with_sharding_constraint`` with ``P(axis)``) that ADEV
+    passes through unchanged: the
+    partitioner runs each device's block of particles there and reduces across devices where
+    the objective combines them (``logsumexp``, sums). Random draws do not depend on the
+    placement (JAX's partitionable Threefry), so the estimate and its gradient equal the
+    unsplit ones up to the order of float additions. ``axis=None``: ``tree`` unchanged.
+
+    The axis is looked up in the mesh being traced under: ``fit(mesh=...)`` traces the loss
+    under its mesh; elsewhere use ``with jax.set_mesh(mesh):`` around the ``jit``'s call, with
+    ``AxisType.Auto`` axes (an ``Explicit`` axis, ``jax.make_mesh``'s default, is refused: the
+    interpreters do not carry sharding-in-types). The number of particles must be divisible by
+    the axis size.
+    """
+    if axis is None:
+        return tree
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or axis not in mesh.axis_names:
+        raise ValueError(f"{who}(particle_axis={axis!r}): "
+                         + ("no mesh is set" if mesh.empty else f"the current mesh has axes {mesh.axis_names}")
+                         + "; call it under `with jax.set_mesh(mesh):` with a mesh that has that axis, or "
+                         "inside fit(..., mesh=mesh)")
+    size = mesh.shape[axis]
+    if dict(zip(mesh.axis_names, mesh.axis_types))[axis] == AxisType.Explicit:
+        # ppl's interpreters re-stage the program without the sharding-in-types of Explicit axes
+        raise ValueError(f"{who}(particle_axis={axis!r}): mesh axis {axis!r} is Explicit (jax.make_mesh's "
+                         "default), which ppl's interpreters do not carry; make the mesh with Auto axes, "
+                         "jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names)), "
+                         "or run inside fit(..., mesh=mesh), which uses Auto axes")
+
+    def split(a):
+        n = a.shape[0]
+        if n % size:
+            raise ValueError(f"{who}(particle_axis={axis!r}): {n} particles are not divisible by the size of mesh "
+                             f"axis {axis!r} ({size}); use a multiple of {size} particles")
+        return jax.lax.with_sharding_constraint(a, P(axis))
+
+    return jax.tree_util.tree_map(split, tree)
 
 
 def elbo(model, guide):
@@ -63,18 +113,18 @@ def elbo_stl(model, guide):
     return objective
 
 
-def iwae(model, guide, k):
+def iwae(model, guide, k, *, particle_axis=None):
     """``E[log (1/K) sum_k p(x, z_k) / q(z_k)]`` (IWELBO); K = 1 is the ELBO."""
     def objective(model_args, guide_args):
-        _, lw = _particles(model, guide, k, model_args, guide_args)
+        _, lw = _particles(model, guide, k, model_args, guide_args, axis=particle_axis)
         return logsumexp(lw) - math.log(k)
     return objective
 
 
-def iwae_stl(model, guide, k):
+def iwae_stl(model, guide, k, *, particle_axis=None):
     """IWAE with ``log q`` at stopped parameters. BIASED for K > 1 (Tucker et al., 2018)."""
     def objective(model_args, guide_args):
-        _, lw = _particles(model, guide, k, model_args, guide_args, sg(guide_args))
+        _, lw = _particles(model, guide, k, model_args, guide_args, sg(guide_args), particle_axis, "iwae_stl")
         value = logsumexp(lw) - math.log(k)
         if k > 1:
             value = mark(value, "biased", f"iwae_stl with K={k}: sticking the landing biases the IWAE "
@@ -84,14 +134,15 @@ def iwae_stl(model, guide, k):
     return objective
 
 
-def iwae_dreg(model, guide, k):
+def iwae_dreg(model, guide, k, *, particle_axis=None):
     """IWAE with doubly-reparameterized guide gradients (Tucker et al., 2018).
 
     Value: the IWAE bound. Gradient: model parameters as IWAE (``sum w~_k d log p``); guide
     parameters by ``sum_k w~_k^2 d/dz log w_k dz/dphi`` (reparameterized guides only).
     """
     def objective(model_args, guide_args):
-        choices, lw_sg_q = _particles(model, guide, k, sg(model_args), guide_args, sg(guide_args))
+        choices, lw_sg_q = _particles(model, guide, k, sg(model_args), guide_args, sg(guide_args), particle_axis,
+                                      "iwae_dreg")
         choices = require_pathwise(choices, "iwae_dreg", _DREG_FIX)
         lp_model = jax.vmap(lambda c: model_density(model, sg(c), *model_args))(choices)
         bound = logsumexp(lw_sg_q) - math.log(k)
@@ -106,17 +157,17 @@ _DREG_FIX = ("DReG's guide gradient needs every guide choice reparameterized. Fo
              "score-function estimator (e.g. Baseline(ScoreFunction(), ...) or LeaveOneOut(n)).")
 
 
-def renyi(model, guide, k, alpha):
+def renyi(model, guide, k, alpha, *, particle_axis=None):
     """Rényi (VR) bound ``1/(1-a) log (1/K) sum_k w_k^(1-a)``; a -> 1 is the ELBO, a = 0 IWAE."""
     def objective(model_args, guide_args):
-        _, lw = _particles(model, guide, k, model_args, guide_args)
+        _, lw = _particles(model, guide, k, model_args, guide_args, axis=particle_axis, who="renyi")
         if alpha == 1.0:
             return jnp.mean(lw)
         return (logsumexp((1.0 - alpha) * lw) - math.log(k)) / (1.0 - alpha)
     return objective
 
 
-def vimco(model, guide, k):
+def vimco(model, guide, k, *, particle_axis=None):
     """IWAE value with the VIMCO gradient for discrete guides (Mnih & Rezende, 2016).
 
     The guide is simulated at stopped parameters, so ADEV owes its random choices no score
@@ -128,7 +179,7 @@ def vimco(model, guide, k):
         raise ValueError(f"vimco needs k >= 2 particles (leave-one-out), got k={k}")
 
     def objective(model_args, guide_args):
-        choices, _ = _particles(model, guide, k, model_args, sg(guide_args))
+        choices, _ = _particles(model, guide, k, model_args, sg(guide_args), axis=particle_axis, who="vimco")
         logq = jax.vmap(lambda c: density(guide, c, *guide_args))(choices)
         lw = jax.vmap(lambda c: model_density(model, c, *model_args))(choices) - logq
         bound = logsumexp(lw) - math.log(k)
@@ -178,10 +229,10 @@ def sivi(model, guide, keep, mixing_prior, m):
     return iwhvi(model, guide, keep, mixing_prior, m)
 
 
-def rws_wake_p(model, guide, k):
+def rws_wake_p(model, guide, k, *, particle_axis=None):
     """Reweighted wake-sleep, wake-p surrogate: ``sum_k w~_k log p(x, z_k)``, z from a stopped guide."""
     def objective(model_args, guide_args):
-        choices, lw = _particles(model, guide, k, model_args, sg(guide_args))
+        choices, lw = _particles(model, guide, k, model_args, sg(guide_args), axis=particle_axis, who="rws_wake_p")
         lp = jax.vmap(lambda c: model_density(model, sg(c), *model_args))(choices)
         return mark(jnp.sum(sg(jax.nn.softmax(lw)) * lp), "surrogate",
                     "rws_wake_p: the reweighted wake-sleep wake-p update (self-normalized, stopped "
@@ -189,10 +240,11 @@ def rws_wake_p(model, guide, k):
     return objective
 
 
-def rws_wake_q(model, guide, k):
+def rws_wake_q(model, guide, k, *, particle_axis=None):
     """Reweighted wake-sleep, wake-q surrogate: ``sum_k w~_k log q(z_k)`` (maximize)."""
     def objective(model_args, guide_args):
-        choices, lw = _particles(model, guide, k, sg(model_args), sg(guide_args))
+        choices, lw = _particles(model, guide, k, sg(model_args), sg(guide_args), axis=particle_axis,
+                                  who="rws_wake_q")
         lq = jax.vmap(lambda c: density(guide, sg(c), *guide_args))(choices)
         return mark(jnp.sum(sg(jax.nn.softmax(lw)) * lq), "surrogate",
                     "rws_wake_q: the reweighted wake-sleep wake-q update (self-normalized, stopped "
@@ -200,7 +252,7 @@ def rws_wake_q(model, guide, k):
     return objective
 
 
-def f_divergence(model, guide, div, k=1, *, log_ratio=None, normalize=False):
+def f_divergence(model, guide, div, k=1, *, log_ratio=None, normalize=False, particle_axis=None):
     """``-D_f(p || q) = -E_q[f(p(z) / q(z))]`` with the f-distill gradient (Xu et al., 2025).
 
     ``div`` is an :class:`FDivergence` (``REVERSE_KL``, ``FORWARD_KL``, ``JENSEN_SHANNON``,
@@ -250,7 +302,9 @@ def f_divergence(model, guide, div, k=1, *, log_ratio=None, normalize=False):
         return z, u, log_pq, log_p_theta
 
     def objective(model_args, guide_args):
-        z, u, log_pq, log_p_theta = jax.vmap(lambda _: one(model_args, guide_args))(jnp.arange(k))
+        index = split_particles(jnp.arange(k), particle_axis, "f_divergence")
+        z, u, log_pq, log_p_theta = split_particles(jax.vmap(lambda _: one(model_args, guide_args))(index),
+                                                    particle_axis, "f_divergence")
         z = require_pathwise(z, "f_divergence", _FDIV_FIX)
         h = div.weight(u)
         if normalize:
