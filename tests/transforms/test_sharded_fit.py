@@ -11,23 +11,18 @@ parameters are matrices (its own measured tolerance and negative control).
 """
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-from .._processes import free_port, run_together
+from .._processes import free_port, run_together, worker_report
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sharded_fit_worker.py")
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sharded_fit")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    res = subprocess.run([sys.executable, WORKER, str(tmp)], env=env, capture_output=True, text=True, timeout=400)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return worker_report(WORKER, tmp_path_factory.mktemp("sharded_fit"))
 
 
 def test_sharded_fit_matches_one_device_up_to_reduction_order(report):
