@@ -1,6 +1,7 @@
 """Sharded ``fit(..., mesh=...)`` on 1, 2, 4 and 8 devices: same results, step time.
 
 usage: python bench/bench_sharded_fit.py [--steps 200] [--chunk 50] [--batch 512] [--devices 8]
+       [--variant data|params|particles|all] [--particles 16]
 
 Without a GPU/TPU, the devices are simulated CPU devices
 (``--xla_force_host_platform_device_count``, set here before JAX starts): they share the
@@ -10,6 +11,12 @@ gradients, Adam), one process; each device count fits from the same start with t
 Step time: wall time of the chunks after the first (the first compiles), per step, median of
 chunks. Prints, per device count, ms/step, the ratio to the unsharded run and the largest
 parameter difference from it.
+
+Variants: ``data`` (minibatch split along a mesh of k devices, parameters replicated),
+``params`` (the same, plus ``param_sharding="data"``: parameters and Adam's moments split along
+that axis too, ZeRO/FSDP-style), ``particles`` (the IWAE with ``--particles`` particles over the
+minibatch, ``particle_axis="particles"`` on a 1 x k mesh ``("data", "particles")``: the particles
+split, the minibatch whole).
 """
 import argparse
 import os
@@ -22,6 +29,8 @@ ap.add_argument("--batch", type=int, default=512)
 ap.add_argument("--n", type=int, default=8192)
 ap.add_argument("--d", type=int, default=64)
 ap.add_argument("--devices", type=int, default=8)
+ap.add_argument("--variant", choices=("data", "params", "particles", "all"), default="all")
+ap.add_argument("--particles", type=int, default=16)
 args = ap.parse_args()
 if "cpu" in os.environ.get("JAX_PLATFORMS", "cpu"):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -49,36 +58,51 @@ def guide(phi):
 
 
 def main():
-    E = expectation(O.elbo(model, guide))
     kx, kw, ky = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (args.n, args.d))
     y = x @ jax.random.normal(kw, (args.d,)) + 0.5 * jax.random.normal(ky, (args.n,))
     data = {"x": x, "y": y}
     params = {"loc": jnp.zeros(args.d), "s": jnp.full(args.d, -1.0)}
-
-    def loss(k, p, b):
-        return -E.estimate(k, (b["x"], b["y"]), (p,)) / args.batch
-
-    def run(mesh):
-        stamps = []
-        r = fit(loss, optax.adam(1e-2), params, key=jax.random.key(1), num_steps=args.steps, data=data,
-                batch_size=args.batch, chunk=args.chunk, progress=False, mesh=mesh,
-                callbacks=[lambda step, state, losses: (jax.block_until_ready(state), stamps.append(time.perf_counter()))])
-        per_step = np.median(np.diff(stamps)) / args.chunk * 1e3 if len(stamps) > 2 else float("nan")
-        return np.concatenate([np.ravel(r.params["loc"]), np.ravel(r.params["s"])]), per_step, r.history[-1]
-
     devs = jax.devices()
     print(f"backend {jax.default_backend()}, {len(devs)} devices ({devs[0].device_kind}); N={args.n} D={args.d} "
           f"batch={args.batch}, {args.steps} steps in chunks of {args.chunk}")
-    ref, t_ref, l_ref = run(None)
-    print(f"{'devices':>8} {'ms/step':>9} {'ratio to unsharded':>19} {'max |param diff|':>17} {'final loss':>11}")
-    print(f"{'none':>8} {t_ref:9.3f} {1.0:19.2f} {0.0:17.2e} {l_ref:11.5f}")
-    for k in (1, 2, 4, 8):
-        if k > len(devs):
-            break
-        mesh = jax.make_mesh((k,), ("data",), devices=devs[:k])
-        p, t, last = run(mesh)
-        print(f"{k:>8} {t:9.3f} {t / t_ref:19.2f} {np.max(np.abs(p - ref)):17.2e} {last:11.5f}")
+    variants = ("data", "params", "particles") if args.variant == "all" else (args.variant,)
+    for variant in variants:
+        particle_axis = "particles" if variant == "particles" else None
+        objective = (O.iwae(model, guide, args.particles, particle_axis=particle_axis) if variant == "particles"
+                     else O.elbo(model, guide))
+        plain = O.iwae(model, guide, args.particles) if variant == "particles" else objective
+        E, E_plain = expectation(objective), expectation(plain)
+
+        def run(mesh, E):
+            def loss(k, p, b):
+                return -E.estimate(k, (b["x"], b["y"]), (p,)) / args.batch
+
+            kw = {}
+            if mesh is not None:
+                kw = dict(mesh=mesh, data_axis="data", param_sharding="data" if variant == "params" else None)
+            stamps = []
+            r = fit(loss, optax.adam(1e-2), params, key=jax.random.key(1), num_steps=args.steps, data=data,
+                    batch_size=args.batch, chunk=args.chunk, progress=False,
+                    callbacks=[lambda step, state, losses: (jax.block_until_ready(state),
+                                                            stamps.append(time.perf_counter()))], **kw)
+            per_step = np.median(np.diff(stamps)) / args.chunk * 1e3 if len(stamps) > 2 else float("nan")
+            return np.concatenate([np.ravel(r.params["loc"]), np.ravel(r.params["s"])]), per_step, r.history[-1]
+
+        what = {"data": "minibatch split, parameters replicated",
+                "params": "minibatch split, parameters and Adam state split (param_sharding='data')",
+                "particles": f"IWAE K={args.particles}, particles split (particle_axis=), minibatch whole"}[variant]
+        print(f"\nvariant {variant}: {what}")
+        ref, t_ref, l_ref = run(None, E_plain)
+        print(f"{'devices':>8} {'ms/step':>9} {'ratio to unsharded':>19} {'max |param diff|':>17} {'final loss':>11}")
+        print(f"{'none':>8} {t_ref:9.3f} {1.0:19.2f} {0.0:17.2e} {l_ref:11.5f}")
+        for k in (1, 2, 4, 8):
+            if k > len(devs):
+                break
+            shape, names = ((1, k), ("data", "particles")) if variant == "particles" else ((k,), ("data",))
+            mesh = jax.make_mesh(shape, names, devices=devs[:k])
+            p, t, last = run(mesh, E)
+            print(f"{k:>8} {t:9.3f} {t / t_ref:19.2f} {np.max(np.abs(p - ref)):17.2e} {last:11.5f}")
 
 
 if __name__ == "__main__":
