@@ -131,7 +131,8 @@ def param_sharded(tmp, mesh42, mesh24):
     d = loc_data()
     go = functools.partial(run, loss=loc_loss, params=LOC_PARAMS, d=d)
     ref, _ = go()
-    out = tolerance([LOC_PARAMS, ref], loss=loc_loss, params0=LOC_PARAMS, d=d)
+    out = {"ref_params": flat(ref).tolist()}
+    out |= tolerance([LOC_PARAMS, ref], loss=loc_loss, params0=LOC_PARAMS, d=d)
     dropped = lambda k, p, b: loc_loss(k, p, jax.tree.map(lambda a: a[: B - B // 8], b))
     out["negative_control"] = maxdiff(go(loss=dropped)[0], ref)  # one device's share of each minibatch lost
     TRACES["n"] = 0

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from .._processes import free_port, run_together, worker_report
@@ -128,3 +129,11 @@ def test_two_processes_on_localhost_match_one_process(report, tmp_path):
         assert len(r["history"]) == len(report["ref_history"]) == 30
     assert runs[0]["params"] == runs[1]["params"]  # replicated: both processes hold the same values
     assert ckpt.exists()  # written by process 0
+    # parameters split along "model" on a 4x2 mesh over both processes, checkpointed once
+    ps = report["param_sharded"]
+    for r in runs:
+        assert r["param_sharded_spec"] == "P(None, 'model')"
+        diff = max(abs(a - b) for a, b in zip(r["param_sharded"], ps["ref_params"]))
+        assert diff <= ps["tol"], (diff, ps["tol"])
+    saved = np.load(str(ckpt) + ".params.npz")  # whole arrays, gathered from both processes
+    assert saved[".params['loc']"].shape == (4, 6) and saved["__history__"].shape == (30,)
