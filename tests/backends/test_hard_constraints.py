@@ -66,6 +66,28 @@ def test_gradient_matches_finite_differences_and_unrolled_solve():
     # the value agrees too, and the gradient is not trivially small
     np.testing.assert_allclose(loss(theta), _loss_with(_unrolled_gauss_newton)(theta), rtol=1e-10)
     assert jnp.linalg.norm(g) > 1e-2
+    # negative control: the implicit gradient with only the Gauss-Newton part of the Hessian
+    # (dropping sum_i r_i d2 r_i, nonzero here) must fail the same comparison
+    g_gn = jax.grad(_loss_with(lambda phi, t: _gauss_newton_implicit(layer, phi, t)))(theta)
+    assert not np.allclose(g_gn, fd, rtol=1e-5, atol=1e-7)
+
+
+def _gauss_newton_implicit(layer, phi, target):
+    @jax.custom_vjp
+    def solve(phi):
+        return jax.lax.stop_gradient(layer.solve_one((phi, target)).weights)
+
+    def fwd(phi):
+        w = solve(phi)
+        return w, (w, phi)
+
+    def bwd(res, g):
+        w, phi = res
+        jac = jax.jacfwd(_residual)(w, (phi, target))
+        v = jnp.linalg.solve(jac.T @ jac, g)
+        return (-jax.vjp(lambda p: _residual(w, (p, target)), phi)[1](jac @ v)[0],)
+    solve.defvjp(fwd, bwd)
+    return solve(phi)
 
 
 def test_gradient_through_vmapped_experts():
@@ -141,6 +163,15 @@ def test_represented_solution_satisfies_the_pde_to_solver_tolerance():
     got = dom.combine(test, phi_test, w)
     want = jnp.array([phi_test[0] @ w[0], phi_test[1] @ w[2], phi_test[2] @ w[3]])
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_missing_extra_names_it(monkeypatch):
+    import importlib.util
+    import sys
+    monkeypatch.setitem(sys.modules, "optimistix", None)     # as if not installed
+    spec = importlib.util.spec_from_file_location("_hc_without_optimistix", hc.__file__)
+    with pytest.raises(ImportError, match=r"ppl\[hardconstraints\]"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
 def test_bad_inputs_raise_clear_errors():
