@@ -20,6 +20,7 @@ for an objective ``E = expectation(...)``). ``params`` is any pytree.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -283,13 +284,15 @@ def fit(loss, optimizer, params, *, key, num_steps, data=None, batch_size=None, 
                 history = np.concatenate([history, losses[:bad]])
                 if checkpoint is not None:
                     _save_once(checkpoint, state, history, checkpoint_info)
-                names = _nonfinite_params(loss, step_key, data_key, state, data, batch_size, done + bad)
-                where = _nonfinite_site(loss, step_key, data_key, state, data, batch_size, done + bad) \
-                    if debug else "run with fit(..., debug=True) to name the random choice"
+                # the eager re-runs see the mesh too (a loss may name its axes, e.g. particle_axis=)
+                with contextlib.nullcontext() if where is None else jax.set_mesh(where.mesh):
+                    names = _nonfinite_params(loss, step_key, data_key, state, data, batch_size, done + bad)
+                    site = _nonfinite_site(loss, step_key, data_key, state, data, batch_size, done + bad) \
+                        if debug else "run with fit(..., debug=True) to name the random choice"
                 raise NonFiniteError(
                     f"fit: the loss or its gradient is not finite at step {done + bad} (loss "
                     f"{losses[bad]}); parameters with non-finite gradients: {names or 'none (the loss)'}; "
-                    f"{where}. "
+                    f"{site}. "
                     "The state before that step is kept (error.state"
                     + (f", and the checkpoint {checkpoint})" if checkpoint else ")")
                     + ". Lower the learning rate, check the data, or bound scales with softplus.",

@@ -154,6 +154,18 @@ def main():
     out["fit"] = {"diff": float(np.max(np.abs(flat(jax.tree.map(np.asarray, r8.params)) - flat(r1.params)))),
                   "tol": T * LR * B * out["tol_grad"] * growth, "steps": int(r8.state.step)}
 
+    # a NaN example: the particle-split fit stops with NonFiniteError at the same step as one device
+    bad = {"y": data["y"].at[13].set(jnp.nan)}
+    stops = []
+    for obj, mesh in ((O.iwae(model, guide, K), None), (O.iwae(model, guide, K, particle_axis="particles"), mesh42)):
+        try:
+            fit(fit_loss(obj), optax.sgd(LR), PHI, **dict(kw, data=bad), **(dict(mesh=mesh, data_axis="data")
+                                                                            if mesh is not None else {}))
+            stops.append(None)
+        except FloatingPointError as e:
+            stops.append(str(e).split(" (loss")[0])
+    out["nonfinite"] = stops
+
     def refuse(f):
         try:
             f()

@@ -39,6 +39,11 @@ def test_fit_with_data_and_particle_axes_matches_one_device(report):
     assert report["fit"]["diff"] <= report["fit"]["tol"], report["fit"]
 
 
+def test_nonfinite_step_is_named_with_split_particles(report):
+    one, split = report["nonfinite"]  # the eager re-run that names parameters runs under the mesh
+    assert one is not None and one == split and "not finite at step" in one
+
+
 def test_bad_particle_axis_is_named(report):
     expected = {"no_mesh": ("no mesh is set", "jax.set_mesh"), "no_axis": ("'chains'", "('particles',)"),
                 "indivisible": ("12 particles", "(8)"), "explicit": ("Explicit", "AxisType.Auto")}
