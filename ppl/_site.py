@@ -120,9 +120,11 @@ _VALIDATION = _compat.jit_keyed_state("ppl_validate_parameters", False,
 def validation(enabled: bool = True):
     """``with ppl.validation():`` checks distribution parameters against their constraints.
 
-    Inside the block, ``sample`` checks every concrete parameter and raises ``ValueError``
-    naming the address and the parameter; under ``jit`` parameters are abstract and are not
-    checked (NumPyro's own ``validate_args`` behaves the same way). The setting is local to
+    Inside the block, ``sample`` checks every concrete parameter (a constant or closed-over
+    array, known while an interpreter stages the program) and raises ``ValueError`` naming the
+    address and the parameter; parameters computed from the program's arguments, or under
+    ``jit``, are abstract and are not checked (NumPyro's own ``validate_args`` behaves the same
+    way). The setting is local to
     the block and the thread; ``validation(False)`` turns it off inside an enclosing block.
     """
     with _VALIDATION(bool(enabled)):
@@ -137,8 +139,9 @@ def _validate(addr, d):
         v = getattr(d, name, None)
         if v is None or isinstance(v, jax.core.Tracer):
             continue
-        try:
-            ok = np.all(np.asarray(c(v)))
+        try:  # concrete parameters are checked now, also while an interpreter stages the program
+            with jax.ensure_compile_time_eval():
+                ok = np.all(np.asarray(c(v)))
         except Exception:
             continue
         if not ok:

@@ -226,6 +226,21 @@ def test_error_invalid_parameters_with_validation(key):
             ppl.sample("x", _neg_scale())
 
 
+def test_validation_is_local_to_its_block_and_retraces_jit(key):
+    """Concrete parameters (here closed over) are checked while an interpreter stages the
+    program. The setting is part of jit's cache key: a function traced outside the block is
+    traced again inside it (and validates), and the block leaves nothing behind."""
+    d = _neg_scale()
+    score = jax.jit(lambda k: ppl.simulate(lambda: ppl.sample("x", d))(k).score)
+    score(key)
+    with ppl.validation():
+        with pytest.raises(ValueError, match="parameter 'scale'"):
+            score(key)
+        with ppl.validation(False):
+            score(key)
+    score(key)
+
+
 def _neg_scale():
     # NumPyro validates concrete arguments itself; ppl's check names the address and also
     # covers distributions built with validation off.
