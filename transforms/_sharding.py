@@ -190,3 +190,28 @@ def gather_for_checkpoint(state):
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(state, tiled=True)
+
+
+def split_along(x, axis, dim, who):
+    """``x`` with its dimension ``dim`` split along mesh axis ``axis`` of the mesh being traced
+    under (``jax.set_mesh``, or ``fit(mesh=...)``): a ``jax.lax.with_sharding_constraint``.
+
+    Refused with the fix (a ValueError naming ``who``): no mesh set, an axis the mesh lacks, an
+    ``Explicit`` axis (ppl's interpreters re-stage programs without sharding-in-types), a size
+    not divisible by the axis size."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or axis not in mesh.axis_names:
+        raise ValueError(f"{who}(particle_axis={axis!r}): "
+                         + ("no mesh is set" if mesh.empty else f"the current mesh has axes {mesh.axis_names}")
+                         + "; call it under `with jax.set_mesh(mesh):` with a mesh that has that axis, or "
+                         "inside fit(..., mesh=mesh)")
+    if dict(zip(mesh.axis_names, mesh.axis_types))[axis] == AxisType.Explicit:
+        raise ValueError(f"{who}(particle_axis={axis!r}): mesh axis {axis!r} is Explicit (jax.make_mesh's "
+                         "default), which ppl's interpreters do not carry; make the mesh with Auto axes, "
+                         "jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names)), "
+                         "or run inside fit(..., mesh=mesh), which uses Auto axes")
+    size, n = mesh.shape[axis], x.shape[dim]
+    if n % size:
+        raise ValueError(f"{who}(particle_axis={axis!r}): {n} particles are not divisible by the size of mesh "
+                         f"axis {axis!r} ({size}); use a multiple of {size} particles")
+    return jax.lax.with_sharding_constraint(x, P(*([None] * dim + [axis])))

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _xla_cpu
+from . import _sharding, _xla_cpu
 
 __all__ = ["CBO", "CBOConfig", "Termination", "CBOState", "CBOInfo", "Reason", "consensus",
            "ISOTROPIC", "ANISOTROPIC", "GAUSSIAN", "RADEMACHER"]
@@ -150,6 +150,12 @@ class CBO:
         with the same mean and covariance, the simplified weak Euler scheme (same weak order 1
         in dt). It skips the normal transform (``erf_inv``) of each draw, a sizeable part of a
         step on CPU (measured in BENCHMARKS.md, CBO).
+      particle_axis: a mesh axis name: the particles evaluated each step (and their energies)
+        are split along it (``jax.lax.with_sharding_constraint``), so each device evaluates the
+        objective on its block; call ``init``/``step``/``minimize`` under ``with
+        jax.set_mesh(mesh):`` (``AxisType.Auto`` axes; the number of evaluated particles
+        divisible by the axis size). Same key, same result up to the order of the consensus's
+        float additions.
     """
 
     objective: Callable = dataclasses.field(metadata=dict(static=True))
@@ -160,6 +166,7 @@ class CBO:
     data_batch_size: int | None = dataclasses.field(default=None, metadata=dict(static=True))
     stochastic: bool = dataclasses.field(default=False, metadata=dict(static=True))
     increments: str = dataclasses.field(default=GAUSSIAN, metadata=dict(static=True))
+    particle_axis: str | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     def __post_init__(self):
         if not callable(self.objective):
@@ -194,7 +201,10 @@ class CBO:
             f = lambda xi: self.objective(k_obj, xi, *args)
         else:
             f = lambda xi: self.objective(xi, *args)
-        return jax.vmap(f, in_axes=axis)(x)
+        if self.particle_axis is None:
+            return jax.vmap(f, in_axes=axis)(x)
+        x = _sharding.split_along(x, self.particle_axis, axis, "CBO")
+        return _sharding.split_along(jax.vmap(f, in_axes=axis)(x), self.particle_axis, 0, "CBO")
 
     def _check_inputs(self, x0, check_objective=True):
         if self.data is not None:

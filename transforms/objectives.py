@@ -27,9 +27,8 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
-from jax.sharding import AxisType
-from jax.sharding import PartitionSpec as P
 
+from . import _sharding
 from ._fdiv import (FORWARD_KL, HELLINGER, JEFFREYS, JENSEN_SHANNON, NEYMAN, REVERSE_KL,
                     FDivergence)
 from ._verdict import mark, require_pathwise
@@ -73,28 +72,7 @@ def split_particles(tree, axis, who="objective"):
     """
     if axis is None:
         return tree
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or axis not in mesh.axis_names:
-        raise ValueError(f"{who}(particle_axis={axis!r}): "
-                         + ("no mesh is set" if mesh.empty else f"the current mesh has axes {mesh.axis_names}")
-                         + "; call it under `with jax.set_mesh(mesh):` with a mesh that has that axis, or "
-                         "inside fit(..., mesh=mesh)")
-    size = mesh.shape[axis]
-    if dict(zip(mesh.axis_names, mesh.axis_types))[axis] == AxisType.Explicit:
-        # ppl's interpreters re-stage the program without the sharding-in-types of Explicit axes
-        raise ValueError(f"{who}(particle_axis={axis!r}): mesh axis {axis!r} is Explicit (jax.make_mesh's "
-                         "default), which ppl's interpreters do not carry; make the mesh with Auto axes, "
-                         "jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names)), "
-                         "or run inside fit(..., mesh=mesh), which uses Auto axes")
-
-    def split(a):
-        n = a.shape[0]
-        if n % size:
-            raise ValueError(f"{who}(particle_axis={axis!r}): {n} particles are not divisible by the size of mesh "
-                             f"axis {axis!r} ({size}); use a multiple of {size} particles")
-        return jax.lax.with_sharding_constraint(a, P(axis))
-
-    return jax.tree_util.tree_map(split, tree)
+    return jax.tree_util.tree_map(lambda a: _sharding.split_along(a, axis, 0, who), tree)
 
 
 def elbo(model, guide):

@@ -1,4 +1,4 @@
-"""Particle-parallel objectives (``particle_axis=``) on 8 simulated CPU devices, in its own
+"""Particle-parallel objectives (``particle_axis=``) and CBO particles on 8 simulated CPU devices, in its own
 process (the parent sets ``XLA_FLAGS=--xla_force_host_platform_device_count=8``).
 
 usage: python _particle_sharded_worker.py   (prints one JSON object; test_particle_sharded.py checks it)
@@ -94,6 +94,58 @@ def term_bounds():
     return 2 * float(jnp.max(jnp.abs(vals))), 2 * grad_max
 
 
+def cbo_split(mesh):
+    """CBO's N = 64 particles split over 8 devices: one step from the same state and key, split and
+    unsplit. Only the consensus's sums over particles change order (energies, increments and the
+    update are elementwise): |c_num - exact| <= (N - 1) eps sum_i w_i |x_i| and the same for
+    sum_i w_i, so for each run |dc| <= 2 (N - 1) eps max |x| (weights normalized, plus a rounding
+    of the division), and the two runs differ by twice that; the moved particles
+    x - lam dt (x - c) + sigma sqrt(dt) ||x - c|| xi differ by at most
+    |dc| (lam dt + sigma sqrt(dt) sqrt(d) max |xi|) per coordinate (xi recovered from the unsplit
+    step). Then ``minimize`` for 30 steps under the mesh, against the unsplit run."""
+    from ppl.transforms.cbo import CBO, CBOConfig, Termination, consensus
+
+    n, d = 64, 4
+    cfg = CBOConfig(dt=0.05, sigma=0.8, alpha=5.0, lam=1.0)
+    f = lambda x: jnp.sum(x**2) + 0.5 * jnp.sum(1 - jnp.cos(3 * x))
+    x0 = 2.0 * jax.random.normal(jax.random.key(21), (n, d))
+    plain, split = CBO(f, cfg), CBO(f, cfg, particle_axis="particles")
+    k0, k1 = jax.random.split(jax.random.key(22))
+    s0 = jax.jit(plain.init)(k0, x0)
+    a, _ = jax.jit(plain.step)(k1, s0)
+    with jax.set_mesh(mesh):
+        s0s = jax.jit(split.init)(k0, x0)
+        b, _ = jax.jit(split.step)(k1, s0s)
+        seen = []
+
+        def probe(key, x):
+            e = split._energies(key, x)
+            jax.debug.inspect_array_sharding(e, callback=lambda s: seen.append(list(s.shard_shape((n,)))))
+            return e
+        jax.jit(probe)(k1, x0)
+        term = Termination(max_steps=30)
+        m_split, _ = split.minimize(jax.random.key(23), x0, term)
+    m_plain, _ = plain.minimize(jax.random.key(23), x0, term)
+    eps = float(np.finfo(np.float32).eps)
+    x, c = np.asarray(s0.x), np.asarray(a.consensus)
+    diff_xc = np.linalg.norm(x - c, axis=1, keepdims=True)
+    moved = np.asarray(a.x) - x + cfg.lam * cfg.dt * (x - c)
+    xi = np.max(np.abs(moved / (cfg.sigma * np.sqrt(cfg.dt) * diff_xc)))
+    dc = 2 * 2 * (n - 1) * eps * np.max(np.abs(x)) * 1.01
+    return {"init_energy_diff": float(np.max(np.abs(np.asarray(s0.energy) - np.asarray(s0s.energy)))),
+            "consensus_diff": float(np.max(np.abs(np.asarray(a.consensus) - np.asarray(b.consensus)))),
+            "x_diff": float(np.max(np.abs(np.asarray(a.x) - np.asarray(b.x)))),
+            "tol_consensus": float(dc),
+            "tol_x": float(dc * (cfg.lam * cfg.dt + cfg.sigma * np.sqrt(cfg.dt) * np.sqrt(d) * xi)),
+            "energy_shard_shape": seen[0] if seen else None,
+            "minimize_steps": [int(m_plain.step), int(m_split.step)],
+            "minimize_best": [float(m_plain.best_energy), float(m_split.best_energy)],
+            "start_best": float(s0.best_energy),
+            # negative control: the consensus without one device's 8 particles
+            "negative_consensus": float(np.max(np.abs(np.asarray(consensus(s0.x[: n - n // 8], s0.energy[: n - n // 8],
+                                                                            s0.alpha)) - np.asarray(s0.consensus))))}
+
+
 def main():
     devs = jax.devices()
     auto8 = jax.make_mesh((8,), ("particles",), axis_types=(AxisType.Auto,))
@@ -165,6 +217,8 @@ def main():
         except FloatingPointError as e:
             stops.append(str(e).split(" (loss")[0])
     out["nonfinite"] = stops
+
+    out["cbo"] = cbo_split(auto8)
 
     def refuse(f):
         try:

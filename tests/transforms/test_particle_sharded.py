@@ -1,9 +1,10 @@
 """Particle-parallel objectives: ``particle_axis=`` splits the K particles over a mesh axis.
 
 One worker process (``_particle_sharded_worker.py``, 8 simulated CPU devices) computes every
-objective's estimate and gradient with the same key, split and unsplit, and a ``fit`` on a
-data x particles mesh; its docstring derives the tolerance (float32 epsilon, the number of
-summands, term magnitudes measured on independent draws) and the negative control.
+objective's estimate and gradient with the same key, split and unsplit, a ``fit`` on a data x
+particles mesh, and a CBO step with its particles split (``CBO(..., particle_axis=)``); its
+docstrings derive the tolerances (float32 epsilon, the number of summands, measured term
+magnitudes) and the negative controls.
 """
 import os
 
@@ -37,6 +38,18 @@ def test_log_weights_are_split_over_the_devices(report):
 def test_fit_with_data_and_particle_axes_matches_one_device(report):
     assert report["fit"]["steps"] == 20
     assert report["fit"]["diff"] <= report["fit"]["tol"], report["fit"]
+
+
+def test_cbo_particles_split_give_the_same_step(report):
+    c = report["cbo"]
+    assert c["energy_shard_shape"] == [8]  # 64 particles over 8 devices
+    assert c["init_energy_diff"] == 0.0  # elementwise: no reduction to reorder
+    assert c["tol_consensus"] < 0.1 * c["negative_consensus"]
+    assert c["consensus_diff"] <= c["tol_consensus"] and c["x_diff"] <= c["tol_x"], c
+    # 30 steps of minimize: both run to max_steps and descend; their best energies agree closely
+    # (a sanity check, not a derived bound: differences can grow from step to step)
+    assert c["minimize_steps"] == [30, 30] and max(c["minimize_best"]) < 0.5 * c["start_best"]
+    assert abs(c["minimize_best"][0] - c["minimize_best"][1]) <= 1e-4 * c["start_best"]
 
 
 def test_nonfinite_step_is_named_with_split_particles(report):
