@@ -14,7 +14,7 @@ import pytest
 from ppl.backends.distributed import diff2, diff2_noise_multipliers, dp_epsilon, dp_gd
 from ppl.models.federated import diabetes_clients, squared_loss
 
-from ..estimators._stat import Z
+from .._stats import Z
 
 
 def small(n_clients=4, m=5, seed=0):

@@ -13,7 +13,7 @@ import pytest
 from ppl.backends.distributed import fedamd, fedavg, stack_clients
 from ppl.models.federated import dirichlet_split
 
-from ..estimators._stat import Z
+from .._stats import Z
 
 D = 3
 
