@@ -12,6 +12,8 @@ import pytest
 
 from ppl.transforms import cbo as C
 
+from .._stats import assert_biased, assert_unbiased
+
 N, D = 32, 2
 SHIFT = 1.0
 
@@ -161,17 +163,20 @@ def test_minibatched_data_particle_subsets_and_stochastic_objectives(key):
     def data_loss(x, batch):
         return jnp.mean((batch["y"][:, None] - x) ** 2)
 
-    cfg = C.CBOConfig(dt=0.05, sigma=0.3, alpha=30.0)
+    cfg = C.CBOConfig(dt=0.05, sigma=0.9, alpha=30.0)
     cbo = C.CBO(data_loss, cfg, data=data, data_batch_size=16, particle_batch_size=8)
-    state, _ = cbo.minimize(key, particles(5), C.Termination(max_steps=200))
-    assert int(state.num_evals) == N + 200 * 8
-    # A coarse check that the run went from ~3 away to the minimizer's neighbourhood, not a
-    # convergence tolerance: with sigma = 0.3 the isotropic noise vanishes as the ensemble
-    # contracts, and it collapses before reaching (1, 1). Measured from these particles over
-    # 128 keys (2026-11-30): final consensus mean (0.80, 0.69), sd 0.07-0.08, max-norm error
-    # median 0.31, max 0.72 (the same after 1000 steps; full data and all particles: mean
-    # (0.92, 0.85)). So 0.3 holds for this fixed key and for about half of all keys.
-    np.testing.assert_allclose(state.consensus, [1.0, 1.0], atol=0.3)
+    state, _ = cbo.minimize(key, particles(5), C.Termination(max_steps=300))
+    assert int(state.num_evals) == N + 300 * 8
+    # Each step sees 16 of the 64 points, whose mean (the minimizer of that step's loss) has sd
+    # about 0.25 around 1.0, so a single run's final consensus jitters by about that much (and
+    # with sigma = 0.3 the ensemble collapsed before reaching (1, 1): final mean (0.80, 0.69)
+    # over 128 keys). The check is statistical: over 64 independent runs (vmapped) the mean
+    # final consensus is the full-data minimizer (1, 1) within the suite's z stderr (measured:
+    # (1.009, 1.004)); a target off by 0.3 is rejected (negative control).
+    run = jax.jit(jax.vmap(lambda k: cbo.minimize(k, particles(5), C.Termination(max_steps=300))[0].consensus))
+    finals = np.asarray(run(jax.random.split(key, 64)))
+    assert_unbiased(finals, [1.0, 1.0], max_se=0.05, what="minibatched CBO consensus")
+    assert_biased(finals, [1.3, 1.3], what="minibatched CBO consensus, shifted target")
 
     def noisy(k, x):
         return jnp.sum(x ** 2) + 0.01 * jax.random.normal(k)
