@@ -58,9 +58,11 @@ def guide(phi):
 
 OBJECTIVES = {
     "iwae": lambda **kw: O.iwae(model, guide, K, **kw),
+    "iwae_stl": lambda **kw: O.iwae_stl(model, guide, K, **kw),
     "iwae_dreg": lambda **kw: O.iwae_dreg(model, guide, K, **kw),
     "vimco": lambda **kw: O.vimco(model, guide, K, **kw),
     "renyi": lambda **kw: O.renyi(model, guide, K, 0.5, **kw),
+    "rws_wake_p": lambda **kw: O.rws_wake_p(model, guide, K, **kw),
     "rws_wake_q": lambda **kw: O.rws_wake_q(model, guide, K, **kw),
     "f_divergence": lambda **kw: O.f_divergence(model, guide, O.REVERSE_KL, K, **kw),
 }

@@ -24,7 +24,7 @@ def test_split_particles_give_the_same_estimate_and_gradient(report):
     assert report["devices"] == 8
     neg = report["negative_control"]  # one device's particles lost must be visible
     assert report["tol_value"] < 0.1 * neg["value"] and report["tol_grad"] < 0.1 * neg["grad"]
-    names = {"iwae", "iwae_dreg", "vimco", "renyi", "rws_wake_q", "f_divergence"}
+    names = {"iwae", "iwae_stl", "iwae_dreg", "vimco", "renyi", "rws_wake_p", "rws_wake_q", "f_divergence"}
     assert set(report["value"]) == set(report["grad"]) == names
     for name in names:
         assert report["value"][name] <= report["tol_value"], (name, report["value"][name])
