@@ -99,7 +99,7 @@ MUTATIONS = [
              ("tests/ppl/test_logits_at_zero.py",),
              "NumPyro's Binomial-logits density comes back"),
     Mutation("logits-zero-bare-only", "ppl/distributions.py",
-             "        new = fix(v)\n", "        new = v\n",
+             "    out = _rewrap(d, _corrected)\n", "    out = d\n",
              ("tests/ppl/test_logits_at_zero.py",),
              "the correction is applied to a bare distribution only, not inside wrappers"),
     Mutation("checkpoint-narrow-except", "transforms/_checkpoint.py",
