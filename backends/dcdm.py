@@ -35,6 +35,8 @@ from jax.flatten_util import ravel_pytree
 
 from ppl.transforms import implicit
 
+from ._lanczos import lanczos
+
 __all__ = ["DCDM", "DCDMResult", "dcdm", "dcdm_loss", "direction_net_apply", "direction_net_init",
            "poisson_2d", "ritz_vectors", "training_rhs"]
 
@@ -187,31 +189,16 @@ def poisson_2d(n: int, dtype=jnp.float32) -> Callable:
 
 def ritz_vectors(matvec: Callable, shape, num: int, *, key) -> tuple[jax.Array, jax.Array]:
     """``num`` Ritz pairs of the SPD operator from ``num`` Lanczos steps with full
-    reorthogonalization, started from a random vector: ``(values [num], vectors [num, *shape])``,
-    ascending. The low Ritz values converge to the low end of the spectrum."""
+    reorthogonalization, started from a random vector (restarted in a new direction when its
+    Krylov space is exhausted): ``(values [num], vectors [num, *shape])``, ascending. The low
+    Ritz values converge to the low end of the spectrum."""
     size = int(np.prod(shape))
     if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= size:
         raise ValueError(f"ritz_vectors(num={num!r}): must be an integer in [1, {size}]")
     mv = lambda v: matvec(v.reshape(shape)).reshape(size)
     v0 = jax.random.normal(key, (size,))
-    v0 = v0 / jnp.linalg.norm(v0)
-
-    def step(carry, i):
-        basis, v, v_prev, beta = carry
-        w = mv(v) - beta * v_prev
-        alpha = jnp.vdot(w, v)
-        w = w - alpha * v
-        w = w - basis.T @ (basis @ w)  # full reorthogonalization (rows not yet filled are zero)
-        w = w - basis.T @ (basis @ w)
-        beta_next = jnp.linalg.norm(w)
-        v_next = w / jnp.where(beta_next > 0, beta_next, 1.0)
-        basis = basis.at[i + 1].set(jnp.where(i + 1 < num, v_next, basis[0] * 0))
-        return (basis, v_next, v, beta_next), (alpha, beta_next)
-
-    basis = jnp.zeros((num, size), v0.dtype).at[0].set(v0)
-    (basis, *_), (alphas, betas) = jax.lax.scan(step, (basis, v0, jnp.zeros_like(v0), jnp.zeros(())),
-                                                jnp.arange(num))
-    t = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    alphas, betas, basis = lanczos(mv, v0 / jnp.linalg.norm(v0), num, restart=True)
+    t = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
     vals, vecs = jnp.linalg.eigh(t)
     return vals, (vecs.T @ basis).reshape((num,) + tuple(shape))
 

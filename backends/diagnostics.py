@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from ._lanczos import lanczos
+
 __all__ = ["hvp", "hessian_top_eigenvalue", "hessian_trace", "hessian_spectrum", "SpectralDensity",
            "EigenEstimate", "TraceEstimate", "StabilityReport", "linear_stability", "CurvatureMonitor",
            "nc1"]
@@ -144,39 +146,6 @@ class SpectralDensity:
         return jnp.mean(jnp.sum(self.weights * k, axis=-1), axis=-1)
 
 
-def _lanczos(H, v0, k):
-    """``k`` Lanczos steps with full reorthogonalization: the tridiagonal's (alpha, beta).
-
-    A step whose residual is below ``100 eps ||H||`` (``||H||`` estimated by the largest
-    ``||H v_j||`` so far) has found an invariant subspace: the remaining vectors are zero and
-    their nodes get zero weight. The test is relative to the Hessian's scale, so a Hessian
-    with tiny eigenvalues is not truncated early.
-    """
-    d = v0.shape[0]
-    V = jnp.zeros((k + 1, d), v0.dtype).at[0].set(v0)
-    alphas = jnp.zeros((k,), v0.dtype)
-    betas = jnp.zeros((k,), v0.dtype)  # betas[j] couples steps j and j + 1
-    eps = jnp.finfo(v0.dtype).eps
-
-    def body(j, carry):
-        V, alphas, betas, hnorm = carry
-        v = V[j]
-        w = H(v)
-        hnorm = jnp.maximum(hnorm, jnp.linalg.norm(w))
-        a = jnp.vdot(v, w)
-        mask = (jnp.arange(k + 1) <= j)[:, None]
-        Vm = jnp.where(mask, V, 0)
-        for _ in range(2):  # twice is enough (Kahan/Parlett)
-            w = w - Vm.T @ (Vm @ w)
-        b = jnp.linalg.norm(w)
-        ok = b > 100 * eps * hnorm
-        V = V.at[j + 1].set(jnp.where(ok, w / jnp.where(ok, b, 1), 0))
-        return V, alphas.at[j].set(a), betas.at[j].set(jnp.where(ok, b, 0)), hnorm
-
-    _, alphas, betas, _ = jax.lax.fori_loop(0, k, body, (V, alphas, betas, jnp.zeros((), v0.dtype)))
-    return alphas, betas[:-1]
-
-
 def hessian_spectrum(f: Callable, params, *, key, num_lanczos: int = 30, num_probes: int = 8) -> SpectralDensity:
     """Stochastic Lanczos quadrature of the Hessian of ``f`` (see the module docstring).
 
@@ -194,7 +163,7 @@ def hessian_spectrum(f: Callable, params, *, key, num_lanczos: int = 30, num_pro
 
     def one(k_):
         z = jax.random.rademacher(k_, x.shape, x.dtype) / jnp.sqrt(jnp.asarray(d, x.dtype))
-        a, b = _lanczos(H, z, num_lanczos)
+        a, b, _ = lanczos(H, z, num_lanczos)
         T = jnp.diag(a) + jnp.diag(b, 1) + jnp.diag(b, -1)
         theta, U = jnp.linalg.eigh(T)
         return theta, U[0] ** 2
