@@ -1,4 +1,4 @@
-"""Hyperparameter checks shared by the optimizers: a ValueError naming the argument and the fix.
+"""Hyperparameter checks shared by the backends: a ValueError naming the argument and the fix.
 
 Values that are tracers (e.g. under ``optax.inject_hyperparams``) or schedules (callables)
 cannot be checked when the transformation is built and are let through.
@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import jax
+import numpy as np
 
 
 def _concrete(value):
@@ -40,3 +41,10 @@ def in_range(fn, name, value, lo, hi, *, lo_open=False, hi_open=True):
 def positive_int(fn, name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{fn}({name}={value!r}): must be an integer >= 1")
+
+
+def positive(where, **values):
+    """Each keyword argument a finite number > 0 (a Python or NumPy number, not a tracer)."""
+    for name, v in values.items():
+        if not (isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{where}: `{name}` must be a finite number > 0, got {v!r}.")

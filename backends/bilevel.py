@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -38,6 +37,8 @@ import numpy as np
 import optax
 
 from ppl.transforms import implicit
+
+from . import _checks
 
 __all__ = ["BORep", "BORepState", "BORepInfo", "bo_rep", "hypergradient", "normalized_momentum"]
 
@@ -48,17 +49,11 @@ def normalized_momentum(learning_rate: float, momentum: float = 0.9,
 
     ``||m||`` is the Euclidean norm over the whole pytree. ``eps`` only guards ``m = 0``.
     """
-    _positive("normalized_momentum", learning_rate=learning_rate)
+    _checks.positive("normalized_momentum", learning_rate=learning_rate)
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"normalized_momentum: momentum must be in [0, 1), got {momentum}.")
     return optax.chain(optax.ema(momentum, debias=False),
                        optax.normalize_by_update_norm(scale_factor=-learning_rate, eps=eps))
-
-
-def _positive(where: str, **values) -> None:
-    for name, v in values.items():
-        if not (isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{where}: `{name}` must be a finite number > 0, got {v!r}.")
 
 
 def _count(where: str, name: str, v, minimum: int) -> int:
@@ -231,7 +226,7 @@ def bo_rep(f: Callable, g: Callable, *, upper_lr: float | None = None, lower_lr:
     where = "bo_rep"
     if not callable(f) or not callable(g):
         raise TypeError(f"{where}: `f` and `g` must be callables f(x, y, key) -> scalar.")
-    _positive(where, lower_lr=lower_lr)
+    _checks.positive(where, lower_lr=lower_lr)
     period = _count(where, "period", period, 1)
     lower_steps = _count(where, "lower_steps", lower_steps, 1)
     refine_steps = _count(where, "refine_steps", refine_steps, 0)
@@ -248,7 +243,7 @@ def bo_rep(f: Callable, g: Callable, *, upper_lr: float | None = None, lower_lr:
             raise ValueError(f"{where}: the paper's linear-system iterate needs `z_lr` (its step "
                              f"nu, below 2 / lambda_max(grad_yy g)); or pass "
                              f"solve=implicit.CG(...) for an exact solve.")
-        _positive(where, z_lr=z_lr)
+        _checks.positive(where, z_lr=z_lr)
     elif not hasattr(solve, "solve_checked"):
         raise TypeError(f"{where}: `solve` must be None or a solver config such as "
                         f"ppl.transforms.implicit.CG(), got {solve!r}.")

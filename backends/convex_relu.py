@@ -32,12 +32,13 @@ network's regularized loss equals the convex objective.
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from . import _checks
 
 __all__ = ["sample_gates", "admm", "ADMMResult", "convex_objective", "constraint_violation",
            "recover_network", "network_loss", "predict"]
@@ -63,12 +64,6 @@ def _finite_matrix(where, X, y=None):
                              f"got {jnp.shape(y)}.")
         if not _all_finite(y):
             raise ValueError(f"{where}: `y` contains NaN or inf.")
-
-
-def _positive(where, **values):
-    for name, v in values.items():
-        if not (isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{where}: `{name}` must be a finite number > 0, got {v!r}.")
 
 
 def sample_gates(key: jax.Array, X, num_samples: int) -> jax.Array:
@@ -147,7 +142,7 @@ def admm(X, y, gates, *, beta: float, rho: float = 1.0, gamma: float = 1.0,
     """
     where = "convex_relu.admm"
     _finite_matrix(where, X, y)
-    _positive(where, beta=beta, rho=rho, gamma=gamma)
+    _checks.positive(where, beta=beta, rho=rho, gamma=gamma)
     if not (isinstance(num_iters, (int, np.integer)) and num_iters >= 1):
         raise ValueError(f"{where}: `num_iters` must be an integer >= 1, got {num_iters!r}.")
     X, y = jnp.asarray(X), jnp.asarray(y)
