@@ -31,6 +31,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.flatten_util import ravel_pytree
 
 from ppl.transforms import implicit
@@ -38,7 +39,7 @@ from ppl.transforms import implicit
 from ._lanczos import lanczos
 
 __all__ = ["DCDM", "DCDMResult", "dcdm", "dcdm_loss", "direction_net_apply", "direction_net_init",
-           "poisson_2d", "ritz_vectors", "training_rhs"]
+           "poisson_2d", "ritz_vectors", "train_direction_net", "training_rhs"]
 
 
 class DCDMResult(NamedTuple):
@@ -213,6 +214,31 @@ def training_rhs(key, ritz, batch: int, *, low_fraction: float = 0.5, low_weight
     b = jnp.tensordot(c, ritz, axes=1)
     norms = jnp.sqrt(jnp.sum(b.reshape(batch, -1) ** 2, axis=1))
     return b / norms.reshape((batch,) + (1,) * (b.ndim - 1))
+
+
+def train_direction_net(params, matvec: Callable, ritz, key, *, steps: int, batch: int = 16,
+                        optimizer=None, apply: Callable = None):
+    """Train a direction network on :func:`dcdm_loss` over batches of :func:`training_rhs`
+    (one batch per step, from ``jax.random.split(key, steps)``), with ``optimizer`` (an optax
+    transformation; Adam with learning rate 1e-3 by default). ``apply(params, r)`` is the
+    network (:func:`direction_net_apply` by default). Returns ``(params, losses [steps])``; the
+    steps run in one compiled ``lax.scan``."""
+    for name, v in (("steps", steps), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"train_direction_net({name}={v!r}): must be an integer >= 1")
+    opt = optax.adam(1e-3) if optimizer is None else optimizer
+    apply = direction_net_apply if apply is None else apply
+
+    def step(carry, k):
+        params, state = carry
+        b = training_rhs(k, ritz, batch)
+        loss, g = jax.value_and_grad(lambda p: dcdm_loss(lambda r: apply(p, r), matvec, b))(params)
+        u, state = opt.update(g, state, params)
+        return (optax.apply_updates(params, u), state), loss
+
+    run = jax.jit(lambda params, keys: jax.lax.scan(step, (params, opt.init(params)), keys))
+    (params, _), losses = run(params, jax.random.split(key, steps))
+    return params, losses
 
 
 def _conv(x, w, b):  # x [H, W, Cin], w [3, 3, Cin, Cout]

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ppl.backends.dcdm import (dcdm, dcdm_loss, direction_net_apply, direction_net_init, poisson_2d,
-                               ritz_vectors, training_rhs)
+from ppl.backends.dcdm import (dcdm, direction_net_apply, direction_net_init, poisson_2d, ritz_vectors,
+                               train_direction_net, training_rhs)
 
 PAPER = ("the residual reaches the tolerance in a small number of iterations, independent of the "
          "problem size (3-D Poisson, 64^3 to 128^3), far fewer than CG")
@@ -47,21 +47,9 @@ def main(argv=None):
     A = poisson_2d(a.n)
     t0 = time.time()
     _, ritz = ritz_vectors(A, (a.n, a.n), a.ritz, key=k_ritz)
-    params = direction_net_init(k_net)
-    opt = optax.adam(a.lr)
-
-    @jax.jit
-    def step(params, state, k):
-        b = training_rhs(k, ritz, a.batch)
-        loss, g = jax.value_and_grad(lambda p: dcdm_loss(lambda r: direction_net_apply(p, r), A, b))(params)
-        u, state = opt.update(g, state, params)
-        return optax.apply_updates(params, u), state, loss
-
-    state = opt.init(params)
-    losses = []
-    for i, k in enumerate(jax.random.split(k_train, a.steps)):
-        params, state, loss = step(params, state, k)
-        losses.append(float(loss))
+    params, losses = train_direction_net(direction_net_init(k_net), A, ritz, k_train, steps=a.steps,
+                                         batch=a.batch, optimizer=optax.adam(a.lr))
+    losses = np.asarray(losses)
     t_train = time.time() - t0
     head, tail = np.mean(losses[: max(1, a.steps // 20)]), np.mean(losses[-max(1, a.steps // 20):])
     print(f"{a.n}x{a.n} Poisson; trained {a.steps} steps in {t_train:.0f} s; loss {head:.3f} -> {tail:.3f}")

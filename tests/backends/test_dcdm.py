@@ -6,11 +6,10 @@ network needs fewer iterations than CG."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from ppl.backends.dcdm import (DCDM, dcdm, dcdm_loss, direction_net_apply, direction_net_init,
-                               poisson_2d, ritz_vectors, training_rhs)
+                               poisson_2d, ritz_vectors, train_direction_net, training_rhs)
 from ppl.transforms import implicit
 
 
@@ -87,19 +86,9 @@ def test_trained_network_beats_cg_on_a_small_grid():
     n = 16
     A = poisson_2d(n)
     _, ritz = ritz_vectors(A, (n, n), 40, key=jax.random.key(0))
-    params = direction_net_init(jax.random.key(1))
-    opt = optax.adam(1e-3)
-    state = opt.init(params)
-
-    @jax.jit
-    def step(params, state, k):
-        b = training_rhs(k, ritz, 16)
-        loss, g = jax.value_and_grad(lambda p: dcdm_loss(lambda r: direction_net_apply(p, r), A, b))(params)
-        u, state = opt.update(g, state, params)
-        return jax.tree_util.tree_map(jnp.add, params, u), state, loss
-
-    for k in jax.random.split(jax.random.key(2), 200):
-        params, state, _ = step(params, state, k)
+    params, losses = train_direction_net(direction_net_init(jax.random.key(1)), A, ritz, jax.random.key(2),
+                                         steps=200, batch=16)
+    assert losses.shape == (200,) and float(jnp.mean(losses[-20:])) < 0.5 * float(jnp.mean(losses[:20]))
     b = jax.random.normal(jax.random.key(3), (4, n, n))
     net = jax.vmap(lambda b: dcdm(A, b, lambda r: direction_net_apply(params, r), tol=1e-4, maxiter=400))(b)
     cg = jax.vmap(lambda b: dcdm(A, b, lambda r: r, tol=1e-4, maxiter=400))(b)
@@ -133,6 +122,8 @@ def test_stall_guard():
     (lambda: poisson_2d(4)(jnp.ones((3, 3))), r"expected an array ending in \(4, 4\)"),
     (lambda: ritz_vectors(poisson_2d(4), (4, 4), 17, key=jax.random.key(0)), r"num=17"),
     (lambda: DCDM(lambda r: r, tol=-1.0), r"DCDM\(tol=-1.0\)"),
+    (lambda: train_direction_net({}, poisson_2d(4), jnp.ones((2, 4, 4)), jax.random.key(0), steps=0),
+     r"train_direction_net\(steps=0\)"),
     (lambda: dcdm(poisson_2d(4), jnp.ones((4, 4)), lambda r: r, stall_ratio=2.0), r"stall_ratio=2.0"),
 ])
 def test_bad_inputs_raise(call, match):
