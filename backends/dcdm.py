@@ -81,6 +81,9 @@ def dcdm(matvec: Callable, b, direction: Callable, *, x0=None, tol: float = 1e-4
     x0 = jnp.zeros_like(b) if x0 is None else jnp.asarray(x0, b.dtype)
     if x0.shape != b.shape:
         raise ValueError(f"dcdm: x0 has shape {x0.shape} but b has shape {b.shape}; they must match")
+    for name, v in (("b", b), ("x0", x0)):
+        if not isinstance(v, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(v))):
+            raise ValueError(f"dcdm: {name} contains NaN or infinite values; there is nothing to solve")
     dot = lambda u, v: jnp.vdot(u, v).real
     tiny = jnp.finfo(b.dtype).tiny
 
@@ -90,7 +93,8 @@ def dcdm(matvec: Callable, b, direction: Callable, *, x0=None, tol: float = 1e-4
 
     r0 = b - matvec(x0)
     n0 = jnp.linalg.norm(r0)
-    hist = jnp.full((maxiter + 1,), jnp.nan, b.dtype).at[0].set(jnp.where(n0 > 0, 1.0, 0.0))
+    # 1 for a nonzero residual, 0 for an exact start, NaN when it is not finite (under jit)
+    hist = jnp.full((maxiter + 1,), jnp.nan, b.dtype).at[0].set(jnp.where(n0 > 0, 1.0, n0))
     zero = jnp.zeros_like(b)
 
     def cond(s):

@@ -131,6 +131,15 @@ def test_bad_inputs_raise(call, match):
         call()
 
 
+def test_non_finite_input_is_refused_or_reported():
+    A = poisson_2d(4)
+    b = jnp.ones((4, 4)).at[0, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match="dcdm: b contains NaN"):
+        dcdm(A, b, lambda r: r)
+    res = jax.jit(lambda b: dcdm(A, b, lambda r: r))(b)  # traced: no eager check, nothing claims success
+    assert not bool(res.converged) and bool(jnp.isnan(res.residuals[0]))
+
+
 def test_example_runs(capsys):
     import importlib.util
     import pathlib
