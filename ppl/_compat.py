@@ -106,6 +106,15 @@ def is_literal(v) -> bool:
     return isinstance(v, Literal)
 
 
+def read(env, v, literal=None):
+    """An equation input's value in a walk's environment ``env`` (keyed by jaxpr variables);
+    a literal's constant, passed through ``literal`` when given (each walk wraps constants
+    in its own kind of value)."""
+    if isinstance(v, Literal):
+        return v.val if literal is None else literal(v.val)
+    return env[v]
+
+
 def make_jaxpr(fn, *args):
     """Stage ``fn(*args)`` to a ClosedJaxpr; returns (closed_jaxpr, out_treedef)."""
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)

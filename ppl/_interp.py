@@ -106,7 +106,7 @@ def describe(addrs) -> str:
 
 
 def _read(env, v):
-    return v.val if _compat.is_literal(v) else env[v]
+    return _compat.read(env, v)
 
 
 class Handler:

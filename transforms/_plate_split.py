@@ -94,9 +94,7 @@ def _refuse(eqn, what):
 
 
 def _read(env, v):
-    if _compat.is_literal(v):
-        return _C(v.val)
-    return env[v]
+    return _compat.read(env, v, _C)
 
 
 def _bind(eqn, vals):

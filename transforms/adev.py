@@ -100,10 +100,8 @@ class _Ctx:
         self.debug = debug
 
 
-def _read(env, v):
-    if _compat.is_literal(v):
-        return v.val, None
-    return env[v]
+def _read(env, v):  # constants carry no tangent
+    return _compat.read(env, v, lambda c: (c, None))
 
 
 def _jvp_eqn(eqn, duals):
